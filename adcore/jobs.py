@@ -1,0 +1,165 @@
+"""Background training jobs: a queue served by one worker thread, with progress in plain objects.
+
+The app keeps one ``JobManager`` per server process (not per browser session), so reloading the
+page, opening a second tab or navigating away shows the same running job. Worker threads never
+touch the UI: they write into ``Job.progress``; pages poll it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adcore.methods import Cancelled
+from adcore.training import TrainSpec, train_run
+
+QUEUED, RUNNING, FINISHED, FAILED, CANCELLED = "queued", "running", "finished", "failed", "cancelled"
+ENDED = (FINISHED, FAILED, CANCELLED)
+
+
+@dataclass
+class Progress:
+    """What the worker last published; read by the page without locks (single writer, plain values)."""
+
+    phase: str = "waiting"
+    step: int = 0
+    total_steps: int = 0
+    epoch: int | None = None
+    loss: float | None = None
+    images_per_s: float | None = None
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) for the live curve
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+
+@dataclass
+class Job:
+    spec: TrainSpec
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    status: str = QUEUED
+    device: str = ""
+    progress: Progress = field(default_factory=Progress)
+    error: str | None = None
+    traceback: str | None = None
+    run_dir: Path | None = None
+    submitted: float = field(default_factory=time.time)
+    started: float | None = None
+    ended: float | None = None
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def done(self) -> bool:
+        return self.status in ENDED
+
+    def cancel(self) -> None:
+        """Ask the job to stop; a queued job never starts, a running one stops at its next report."""
+        self.stop_event.set()
+
+    def _on_progress(self, event: dict) -> None:
+        p = self.progress
+        phase = event.get("phase", p.phase)
+        if phase != p.phase:
+            p.phase, p.step, p.total_steps, p.eta_s, p.images_per_s = phase, 0, 0, None, None
+        p.step = event.get("step", p.step)
+        p.total_steps = event.get("total_steps", p.total_steps)
+        p.epoch = event.get("epoch", p.epoch)
+        p.elapsed_s = time.time() - (self.started or time.time())
+        elapsed_phase = event.get("elapsed_s")
+        if event.get("images") and elapsed_phase:
+            p.images_per_s = event["images"] / elapsed_phase
+        if p.step and p.total_steps and elapsed_phase:
+            p.eta_s = elapsed_phase / p.step * (p.total_steps - p.step)
+        if event.get("loss") is not None and phase == "training":
+            p.loss = event["loss"]
+            p.losses = p.losses + [(p.step, p.loss)]  # replace, never mutate: readers may iterate
+
+
+def describe_error(exc: BaseException) -> str:
+    """The message a user sees; out-of-memory errors say what to change."""
+    text = f"{type(exc).__name__}: {exc}"
+    if "out of memory" in str(exc).lower():
+        return (
+            f"The GPU ran out of memory ({exc}). Try a smaller batch_size or image_size, "
+            "or a smaller network width."
+        )
+    return text
+
+
+class JobManager:
+    """Runs submitted jobs one at a time (one device per server) in a daemon worker thread."""
+
+    def __init__(self, runs_root: Path) -> None:
+        self.runs_root = Path(runs_root)
+        self._jobs: dict[str, Job] = {}
+        self._queue: queue.Queue[Job] = queue.Queue()
+        self._lock = threading.Lock()
+        self._worker = threading.Thread(target=self._work, name="adcore-training", daemon=True)
+        self._worker.start()
+
+    def submit(self, spec: TrainSpec) -> Job:
+        job = Job(spec=spec)
+        with self._lock:
+            self._jobs[job.id] = job
+        self._queue.put(job)
+        return job
+
+    def jobs(self) -> list[Job]:
+        """All jobs of this server, newest first."""
+        with self._lock:
+            return sorted(self._jobs.values(), key=lambda j: j.submitted, reverse=True)
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def active(self) -> list[Job]:
+        """Running and queued jobs, in the order they will run."""
+        return sorted((j for j in self.jobs() if not j.done), key=lambda j: j.submitted)
+
+    def queue_position(self, job: Job) -> int:
+        """0 for the running job, 1 for the next queued one, ..."""
+        return next((i for i, j in enumerate(self.active()) if j.id == job.id), -1)
+
+    def wait(self, job: Job, timeout: float | None = None) -> Job:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not job.done:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job.id} still {job.status} after {timeout} s")
+            time.sleep(0.05)
+        return job
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        if job.stop_event.is_set():
+            job.status, job.ended = CANCELLED, time.time()
+            return
+        job.status, job.started = RUNNING, time.time()
+        try:
+            from adcore.device import describe_device, pick_device
+
+            job.device = describe_device(pick_device(job.spec.device))
+            job.run_dir = train_run(
+                job.spec, self.runs_root, on_progress=job._on_progress, stop_event=job.stop_event
+            )
+            job.status = FINISHED
+        except Cancelled:
+            job.status = CANCELLED
+        except Exception as exc:  # noqa: BLE001 - any failure must reach the page, not kill the worker
+            job.error = describe_error(exc)
+            job.traceback = traceback.format_exc()
+            job.status = FAILED
+        finally:
+            job.ended = time.time()
+            job.progress.phase = job.status

@@ -1,0 +1,41 @@
+"""Detection methods, looked up by name: ``get_method_class``, ``build_method``, ``list_methods``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adcore.methods.base import METHODS, Cancelled, FitContext, Method, Prediction, register_method
+
+# Importing a module registers its methods.
+from adcore.methods import autoencoder  # noqa: F401  (registers "autoencoder")
+
+DEFAULT_METHOD = "autoencoder"
+
+
+def get_method_class(name: str) -> type[Method]:
+    return METHODS.get(name)
+
+
+def build_method(name: str, **params: Any) -> Method:
+    """A configured, unfitted method; parameters are checked here so bad input fails early."""
+    method = get_method_class(name)(**params)
+    method.get_params()
+    return method
+
+
+def list_methods() -> list[type[Method]]:
+    return [METHODS.get(n) for n in METHODS.names()]
+
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "Cancelled",
+    "FitContext",
+    "Method",
+    "Prediction",
+    "build_method",
+    "get_method_class",
+    "list_methods",
+    "register_method",
+]

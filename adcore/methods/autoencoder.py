@@ -1,0 +1,180 @@
+"""Convolutional autoencoder: the anomaly map is the reconstruction difference, normalised per pixel."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adcore.methods.base import (
+    FitContext,
+    LossMeter,
+    Method,
+    augment_batch,
+    epoch_batches,
+    gaussian_blur,
+    register_method,
+    to_tensor,
+)
+from adcore.registry import Param
+
+
+def _down(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
+
+
+def _up(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ConvAutoencoder(nn.Module):
+    """Four stride-2 stages down to a ``latent``-channel bottleneck at 1/16 size, and back."""
+
+    def __init__(self, width: int, latent: int) -> None:
+        super().__init__()
+        w = width
+        self.encoder = nn.Sequential(
+            _down(3, w), _down(w, 2 * w), _down(2 * w, 4 * w), _down(4 * w, 4 * w), nn.Conv2d(4 * w, latent, 1)
+        )
+        self.decoder = nn.Sequential(
+            nn.Conv2d(latent, 4 * w, 1),
+            nn.ReLU(inplace=True),
+            _up(4 * w, 4 * w),
+            _up(4 * w, 2 * w),
+            _up(2 * w, w),
+            nn.ConvTranspose2d(w, w, 4, 2, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(w, 3, 3, 1, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encoder(x)
+        return self.decoder(z), z
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Per-pixel SSIM (B, H, W) of images in [0, 1], averaged over channels; box window."""
+    c1, c2 = 0.01**2, 0.03**2
+    pad = window // 2
+    pool = lambda t: F.avg_pool2d(F.pad(t, (pad,) * 4, mode="reflect"), window, 1)  # noqa: E731
+    mx, my = pool(x), pool(y)
+    vx, vy, cxy = pool(x * x) - mx**2, pool(y * y) - my**2, pool(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return s.mean(1)
+
+
+def top_k_mean(maps: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Mean of the top ``fraction`` of each map's pixels: robust to a single hot pixel, sees small defects."""
+    flat = maps.flatten(1)
+    k = max(1, int(round(flat.shape[1] * fraction)))
+    return flat.topk(k, dim=1).values.mean(1)
+
+
+@register_method
+class Autoencoder(Method):
+    name = "autoencoder"
+    title = "Convolutional autoencoder"
+    summary = (
+        "Learns to rebuild normal parts; where the rebuilt image differs from the photo more than it "
+        "does on normal parts, the map lights up."
+    )
+    augmentation_role = (
+        "Training augmentation: the autoencoder learns to rebuild every augmented view, so use only "
+        "variation that normal parts really show (small shifts, lighting)."
+    )
+    default_augmentations = [("color_jitter", {"brightness": 0.05, "contrast": 0.05})]
+    params = [
+        Param("epochs", int, 60, "Passes over the normal images.", 1, 2000),
+        Param("batch_size", int, 16, "Images per training step.", 2, 512),
+        Param("learning_rate", float, 2e-3, "Adam learning rate.", 1e-5, 1e-1, log=True),
+        Param("width", int, 32, "Channels of the first layer (doubles twice with depth).", 8, 128),
+        Param("latent_channels", int, 16, "Channels of the bottleneck at 1/16 of the image size.", 1, 256),
+        Param("loss", str, "mse+ssim", "Reconstruction loss.", choices=("mse", "mse+ssim")),
+        Param("map_sigma", float, 2.0, "Gaussian smoothing of the difference map, in pixels at image_size.", 0.0, 16.0),
+        Param("top_fraction", float, 0.01, "Image score = mean of this top fraction of map pixels.", 1e-4, 1.0, log=True),
+    ]
+
+    def _build(self) -> None:
+        cfg = self.config_
+        self.net_ = ConvAutoencoder(cfg["width"], cfg["latent_channels"]).to(self.device_)
+        size = cfg["image_size"]
+        # Per-pixel statistics of the difference on normal images: the map is a z-score against them.
+        self.err_mean_ = torch.zeros(size, size, device=self.device_)
+        self.err_std_ = torch.ones(size, size, device=self.device_)
+
+    def _raw_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        diff = (x - recon).abs().mean(1)
+        if self.config_["loss"] == "mse+ssim":
+            diff = diff + (1 - ssim_map(x, recon)) / 2
+        return gaussian_blur(diff, self.config_["map_sigma"])
+
+    def _fit(self, images: np.ndarray, ctx: FitContext) -> None:
+        cfg = self.config_
+        net, device = self.net_, self.device_
+        opt = torch.optim.Adam(net.parameters(), lr=cfg["learning_rate"])
+        steps_per_epoch = max(1, len(list(epoch_batches(len(images), cfg["batch_size"], np.random.default_rng(0)))))
+        total = cfg["epochs"] * steps_per_epoch
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["learning_rate"], total_steps=total, pct_start=0.1)
+        meter, step, seen = LossMeter(), 0, 0
+        net.train()
+        for epoch in range(cfg["epochs"]):
+            for idx in epoch_batches(len(images), cfg["batch_size"], self.rng_):
+                x = to_tensor(augment_batch(images[idx], self.augmentations_, self.rng_), device)
+                recon, _ = net(x)
+                loss = F.mse_loss(recon, x)
+                if cfg["loss"] == "mse+ssim":
+                    loss = loss + (1 - ssim_map(x, recon).mean()) * 0.5
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                meter.add(loss)
+                step, seen = step + 1, seen + len(idx)
+                if meter.due() or step == total:
+                    ctx.report(step=step, total_steps=total, epoch=epoch + 1, loss=meter.pop(), images=seen)
+                else:
+                    ctx.check_cancel()
+                if ctx.out_of_budget():
+                    break
+            else:
+                continue
+            break
+        net.eval()
+        self._fit_error_statistics(images, ctx)
+
+    def _fit_error_statistics(self, images: np.ndarray, ctx: FitContext) -> None:
+        """Mean and spread of the raw difference at each pixel over the normal images."""
+        maps = []
+        with torch.inference_mode():
+            for start in range(0, len(images), 64):
+                x = to_tensor(images[start : start + 64], self.device_)
+                maps.append(self._raw_map(x, self.net_(x)[0]))
+                ctx.check_cancel()
+        maps = torch.cat(maps)
+        self.err_mean_ = maps.mean(0)
+        std = maps.std(0) if len(maps) > 1 else torch.ones_like(self.err_mean_)
+        # Floor the spread so pixels that happened to be easy do not explode.
+        self.err_std_ = torch.clamp(std, min=float(std.median()) * 0.5 + 1e-6)
+
+    def _predict_batch(self, x: torch.Tensor) -> dict:
+        self.net_.eval()
+        recon, z = self.net_(x)
+        maps = (self._raw_map(x, recon) - self.err_mean_) / self.err_std_
+        return {
+            "scores": top_k_mean(maps, self.config_["top_fraction"]),
+            "embeddings": F.adaptive_avg_pool2d(z, 1).flatten(1),
+            "maps": maps,
+            "reconstructions": recon,
+        }
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        state = {f"net.{k}": v for k, v in self.net_.state_dict().items()}
+        state["err_mean"], state["err_std"] = self.err_mean_, self.err_std_
+        return state
+
+    def _load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        self.net_.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+        self.err_mean_, self.err_std_ = state["err_mean"], state["err_std"]
+        self.net_.eval()

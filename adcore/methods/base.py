@@ -1,0 +1,300 @@
+"""The one interface every detection method implements, and the plumbing they share.
+
+A method is configured by keyword parameters (stored, not checked, in ``__init__``), learns from
+normal images in ``fit`` while reporting progress and honouring a stop request, and for any images
+returns raw anomaly scores (higher = more anomalous), plus embeddings and per-pixel anomaly maps
+where it has them. It never decides what is anomalous: thresholds live in ``adcore.scoring``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from adcore.device import pick_device, seed_everything
+from adcore.registry import Param, Registry, validate_params
+
+
+class Cancelled(Exception):
+    """Raised inside ``fit`` when the user asked the training to stop."""
+
+
+COMMON_PARAMS = [
+    Param("image_size", int, 128, "Images are resized to this square size (pixels) before the network.", 32, 512),
+    Param("seed", int, 0, "Random seed: the same seed on the same device gives the same scores.", 0, 2**31 - 1),
+]
+
+
+@dataclass
+class FitContext:
+    """What ``fit`` gets from whoever runs it: device, augmentations, budget, progress and stop."""
+
+    device: torch.device = field(default_factory=pick_device)
+    augmentations: list[tuple[str, dict]] | None = None  # None: the method's defaults
+    budget_s: float | None = None  # stop training (cleanly, keeping the model) after this long
+    on_progress: Callable[[dict], None] | None = None
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    history: list[dict] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def check_cancel(self) -> None:
+        if self.stop_event.is_set():
+            raise Cancelled("training was cancelled")
+
+    def out_of_budget(self) -> bool:
+        return self.budget_s is not None and time.monotonic() - self.started >= self.budget_s
+
+    def report(
+        self,
+        *,
+        step: int,
+        total_steps: int,
+        epoch: int | None = None,
+        loss: float | None = None,
+        images: int = 0,
+        phase: str = "training",
+        record: bool = True,
+        **extra: Any,
+    ) -> None:
+        """Publish progress; ``images`` is the number of images processed so far in this phase.
+
+        Also the place where a stop request takes effect, so every method that reports is cancellable.
+        """
+        self.check_cancel()
+        event = {
+            "step": step,
+            "total_steps": total_steps,
+            "epoch": epoch,
+            "loss": loss,
+            "images": images,
+            "phase": phase,
+            "elapsed_s": time.monotonic() - self.started,
+            **extra,
+        }
+        if record and loss is not None:
+            self.history.append(event)
+        if self.on_progress is not None:
+            self.on_progress(event)
+
+
+@dataclass
+class Prediction:
+    """Raw outputs for N images. Maps have each input image's own size (H, W)."""
+
+    scores: np.ndarray  # (N,) float64, higher = more anomalous
+    embeddings: np.ndarray | None = None  # (N, D) float32
+    anomaly_maps: list[np.ndarray] | None = None  # N arrays HxW float32
+    reconstructions: list[np.ndarray] | None = None  # N arrays HWC uint8
+
+
+def resize_images(images: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """HWC uint8 RGB images of any sizes -> (N, size, size, 3) uint8, squashed (no crop, so edges stay)."""
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        if image.shape[0] == size and image.shape[1] == size:
+            out[i] = image
+        else:
+            out[i] = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return out
+
+
+def to_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1] on ``device``."""
+    tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(device, non_blocking=True)
+    return tensor.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def upsample_maps(maps: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """(N, h, w) maps -> N float32 arrays at each image's (H, W), bilinear."""
+    out = []
+    for m, (h, w) in zip(maps, sizes):
+        up = F.interpolate(m[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)
+        out.append(up[0, 0].cpu().numpy().astype(np.float32))
+    return out
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of (N, H, W) maps, reflect-padded."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(round(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    m = maps[:, None]
+    m = F.pad(m, (radius, radius, 0, 0), mode="reflect")
+    m = F.conv2d(m, kernel.view(1, 1, 1, -1))
+    m = F.pad(m, (0, 0, radius, radius), mode="reflect")
+    m = F.conv2d(m, kernel.view(1, 1, -1, 1))
+    return m[:, 0]
+
+
+def epoch_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Indices of one shuffled epoch in batches; the last short batch is kept if it has 2+ images."""
+    order = rng.permutation(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        if len(idx) >= 2 or n < 2:
+            yield idx
+
+
+def augment_batch(
+    images: np.ndarray, specs: list[tuple[str, dict]], rng: np.random.Generator
+) -> np.ndarray:
+    """Apply the augmentation chain ``specs`` to each (H, W, 3) uint8 image; same shape out."""
+    if not specs:
+        return images
+    from adcore.augment import compose
+
+    return np.stack([compose(specs, image, rng).image for image in images])
+
+
+class LossMeter:
+    """Averages losses on the device and reads them back only when reporting (no per-step sync)."""
+
+    def __init__(self, every_s: float = 0.5) -> None:
+        self.every_s = every_s
+        self._sum: torch.Tensor | None = None
+        self._count = 0
+        self._last = time.monotonic()
+
+    def add(self, loss: torch.Tensor) -> None:
+        detached = loss.detach()
+        self._sum = detached if self._sum is None else self._sum + detached
+        self._count += 1
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.every_s
+
+    def pop(self) -> float | None:
+        if self._sum is None:
+            return None
+        value = float(self._sum) / self._count
+        self._sum, self._count, self._last = None, 0, time.monotonic()
+        return value
+
+
+class Method:
+    """Base class: subclasses set the class attributes and implement ``_fit``, ``_predict_batch``,
+    ``_build`` (the modules for a given config) and optionally ``_extra_state``."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    params: ClassVar[list[Param]] = []
+    default_augmentations: ClassVar[list[tuple[str, dict]]] = []
+    augmentation_role: ClassVar[str] = ""  # what augmentations mean to this method, in the user's words
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+
+    # -- configuration -------------------------------------------------------------------------
+    @classmethod
+    def param_specs(cls) -> list[Param]:
+        return COMMON_PARAMS + cls.params
+
+    def get_params(self) -> dict[str, Any]:
+        """All parameters with defaults filled in; raises ValueError naming a bad one."""
+        return validate_params(self.param_specs(), self.params)
+
+    # -- learning ------------------------------------------------------------------------------
+    def fit(self, images: Sequence[np.ndarray], ctx: FitContext | None = None) -> "Method":
+        """Learn from normal images (HWC uint8 RGB, any sizes). Returns self."""
+        ctx = ctx or FitContext()
+        self.config_ = self.get_params()
+        if len(images) < 2:
+            raise ValueError(f"{self.name} needs at least 2 normal images to train, got {len(images)}")
+        self.device_ = ctx.device
+        seed_everything(self.config_["seed"], ctx.device)
+        self.rng_ = np.random.default_rng(self.config_["seed"])
+        augmentations = self.default_augmentations if ctx.augmentations is None else ctx.augmentations
+        self.augmentations_ = [(name, dict(p)) for name, p in augmentations]
+        self._build()
+        self._fit(resize_images(images, self.config_["image_size"]), ctx)
+        return self
+
+    def predict(self, images: Sequence[np.ndarray], batch_size: int = 32) -> Prediction:
+        """Scores, and embeddings/maps/reconstructions where the method has them, for HWC uint8 images."""
+        self._check_fitted()
+        size = self.config_["image_size"]
+        scores, embeddings, maps, recons = [], [], [], []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                chunk = images[start : start + batch_size]
+                x = to_tensor(resize_images(chunk, size), self.device_)
+                out = self._predict_batch(x)
+                scores.append(out["scores"].double().cpu().numpy())
+                sizes = [im.shape[:2] for im in chunk]
+                if out.get("embeddings") is not None:
+                    embeddings.append(out["embeddings"].float().cpu().numpy())
+                if out.get("maps") is not None:
+                    maps.extend(upsample_maps(out["maps"], sizes))
+                if out.get("reconstructions") is not None:
+                    rec = (out["reconstructions"].clamp(0, 1) * 255).round().byte()
+                    for r, (h, w) in zip(rec.permute(0, 2, 3, 1).cpu().numpy(), sizes):
+                        recons.append(np.asarray(Image.fromarray(r).resize((w, h), Image.BILINEAR)))
+        return Prediction(
+            scores=np.concatenate(scores) if scores else np.zeros(0),
+            embeddings=np.concatenate(embeddings) if embeddings else None,
+            anomaly_maps=maps or None,
+            reconstructions=recons or None,
+        )
+
+    def score(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """Image-level anomaly scores only (higher = more anomalous)."""
+        return self.predict(images, batch_size).scores
+
+    # -- persistence ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything learned, as plain tensors (saved with safetensors, never pickled)."""
+        self._check_fitted()
+        return {k: v.detach().cpu().contiguous() for k, v in self._state_tensors().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device | None = None) -> "Method":
+        """Rebuild the networks from the parameters and load learned tensors into them."""
+        self.config_ = self.get_params()
+        self.device_ = device or pick_device()
+        self.augmentations_ = []
+        self._build()
+        self._load_state_tensors({k: v.to(self.device_) for k, v in state.items()})
+        return self
+
+    # -- for subclasses ------------------------------------------------------------------------
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def _fit(self, images: np.ndarray, ctx: FitContext) -> None:
+        """``images`` is (N, S, S, 3) uint8 at the configured image size."""
+        raise NotImplementedError
+
+    def _predict_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """``x`` is (B, 3, S, S) float in [0, 1]; returns scores (B,) and optional embeddings (B, D),
+        maps (B, h, w) and reconstructions (B, 3, S, S)."""
+        raise NotImplementedError
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "config_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or load a run first")
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: adds a Method subclass to the registry under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    return METHODS.register(cls.name)(cls)

@@ -1,0 +1,235 @@
+"""One training run end to end: image set -> hold-out split -> method.fit -> scores -> run folder.
+
+Used by the background jobs of the app and by ``python -m adcore train`` alike.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+import adcore
+from adcore.data import ImageError, ImageRecord, ImageSet, load_image, load_mask, open_image_set
+from adcore.device import describe_device, pick_device
+from adcore.methods import DEFAULT_METHOD, FitContext, Method, build_method
+from adcore.runs import new_run_id, write_run
+from adcore.scoring import image_metrics, pixel_auroc
+
+STORED_MAP_SIDE = 128  # maps are kept at most this size in results.npz (float16)
+SYNTHETIC_KINDS = ("cutpaste", "cutpaste_scar")
+
+
+@dataclass
+class TrainSpec:
+    """Everything needed to start a run; stored in the run's config."""
+
+    data: str
+    method: str = DEFAULT_METHOD
+    params: dict[str, Any] = field(default_factory=dict)
+    augmentations: list[tuple[str, dict]] | None = None  # None: the method's defaults
+    holdout_fraction: float = 0.2  # normal images kept out of training to set the threshold
+    budget_s: float | None = None
+    device: str = "auto"
+    name: str = ""
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (fit, holdout) of n normal images; at least 2 stay for fitting."""
+    n_hold = int(round(n * fraction))
+    n_hold = min(max(n_hold, 1 if fraction > 0 and n >= 5 else 0), max(0, n - 2))
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_hold:]), np.sort(order[:n_hold])
+
+
+def _load_all(records: list[ImageRecord], skipped: list[dict]) -> tuple[list[ImageRecord], list[np.ndarray]]:
+    kept, images = [], []
+    for rec in records:
+        try:
+            images.append(load_image(rec.path))
+            kept.append(rec)
+        except ImageError as exc:
+            skipped.append({"rel_path": rec.rel_path, "reason": str(exc)})
+    return kept, images
+
+
+def synthetic_defects(images: list[np.ndarray], seed: int) -> tuple[list[np.ndarray], list[str]]:
+    """CutPaste and scar defects pasted onto (held-out) normal images: a first recall estimate."""
+    from adcore.augment import apply
+
+    rng = np.random.default_rng(seed + 1)
+    out, labels = [], []
+    for kind in SYNTHETIC_KINDS:
+        for image in images:
+            out.append(apply(kind, image, rng).image)
+            labels.append(f"synthetic {kind.replace('_', ' ')}")
+    return out, labels
+
+
+def train_run(
+    spec: TrainSpec,
+    runs_root: Path,
+    *,
+    on_progress: Callable[[dict], None] | None = None,
+    stop_event: threading.Event | None = None,
+    image_set: ImageSet | None = None,
+) -> Path:
+    """Train ``spec`` and write its run folder under ``runs_root``; returns the folder.
+
+    Raises ``Cancelled`` if ``stop_event`` is set during training (nothing is written), and whatever
+    the method raised if it failed (nothing is written either).
+    """
+    started_wall = datetime.now(timezone.utc)
+    stop_event = stop_event or threading.Event()
+    method = build_method(spec.method, **spec.params)
+    params = method.get_params()
+    device = pick_device(spec.device)
+
+    def progress(event: dict) -> None:
+        if on_progress is not None:
+            on_progress(event)
+
+    progress({"phase": "loading images", "step": 0, "total_steps": 0})
+    image_set = image_set or open_image_set(spec.data)
+    skipped = [{"rel_path": s.rel_path, "reason": s.reason} for s in image_set.skipped]
+    normal_records, normal_images = _load_all(image_set.normal_train, skipped)
+    if len(normal_records) < 2:
+        raise ValueError(
+            f"{spec.data}: found {len(normal_records)} usable normal training image(s); at least 2 are needed"
+        )
+    fit_idx, hold_idx = split_holdout(len(normal_records), spec.holdout_fraction, params["seed"])
+    fit_images = [normal_images[i] for i in fit_idx]
+
+    ctx = FitContext(
+        device=device,
+        augmentations=spec.augmentations,
+        budget_s=spec.budget_s,
+        on_progress=progress,
+        stop_event=stop_event,
+    )
+    t0 = time.monotonic()
+    method.fit(fit_images, ctx)
+    train_seconds = time.monotonic() - t0
+
+    # Score everything the run will be explored with: fit set, hold-out, test set, synthetic defects.
+    test_records, test_images = _load_all(image_set.test, skipped)
+    hold_images = [normal_images[i] for i in hold_idx]
+    synth_images, synth_labels = synthetic_defects(hold_images, params["seed"]) if hold_images else ([], [])
+    groups = [
+        ("fit", [normal_records[i] for i in fit_idx], fit_images),
+        ("holdout", [normal_records[i] for i in hold_idx], hold_images),
+        ("test", test_records, test_images),
+    ]
+    all_images = fit_images + hold_images + test_images + synth_images
+    predictions = _predict_with_progress(method, all_images, ctx)
+    t_score = time.monotonic() - t0 - train_seconds
+
+    rel_paths, splits, labels, roles = [], [], [], []
+    for role, records, _ in groups:
+        for rec in records:
+            rel_paths.append(rec.rel_path)
+            splits.append(rec.split)
+            labels.append(rec.label)
+            roles.append(role)
+    for i, label in enumerate(synth_labels):
+        src = hold_idx[i % len(hold_idx)]
+        rel_paths.append(normal_records[src].rel_path)
+        splits.append("synthetic")
+        labels.append(label)
+        roles.append("synthetic")
+
+    results: dict[str, np.ndarray] = {
+        "rel_path": np.array(rel_paths, dtype=str),
+        "split": np.array(splits, dtype=str),
+        "label": np.array(labels, dtype=str),
+        "role": np.array(roles, dtype=str),
+        "score": predictions.scores.astype(np.float64),
+    }
+    if predictions.embeddings is not None:
+        results["embedding"] = predictions.embeddings.astype(np.float32)
+    metrics = _test_metrics(results, predictions, test_records, len(fit_images) + len(hold_images))
+    if predictions.anomaly_maps is not None:
+        results["anomaly_map"] = _small_maps(predictions.anomaly_maps)
+
+    config = {
+        "name": spec.name,
+        "method": spec.method,
+        "params": params,
+        "augmentations": [[n, p] for n, p in method.augmentations_],
+        "holdout_fraction": spec.holdout_fraction,
+        "budget_s": spec.budget_s,
+        "data": {
+            "path": str(Path(spec.data).resolve()) if not str(spec.data).startswith("<") else spec.data,
+            "root": str(image_set.root),
+            "layout": image_set.layout,
+            "n_fit": len(fit_images),
+            "n_holdout": len(hold_images),
+            "n_test": len(test_images),
+            "defect_classes": image_set.defect_classes,
+        },
+        "skipped": skipped,
+        "device": describe_device(device),
+        "created": started_wall.isoformat(timespec="seconds"),
+        "train_seconds": round(train_seconds, 2),
+        "score_images_per_second": round(len(all_images) / max(t_score, 1e-9), 2),
+        "stopped_by_budget": ctx.out_of_budget(),
+        "metrics": metrics,
+        "versions": {
+            "adcore": adcore.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    progress({"phase": "saving", "step": 0, "total_steps": 0})
+    return write_run(
+        runs_root, new_run_id(spec.method), config=config, method=method, history=ctx.history, results=results
+    )
+
+
+def _predict_with_progress(method: Method, images: list[np.ndarray], ctx: FitContext, batch: int = 32):
+    """Predict in chunks so the page shows scoring progress and Cancel still works."""
+    from adcore.methods.base import Prediction
+
+    parts = []
+    for start in range(0, len(images), batch):
+        ctx.report(step=start, total_steps=len(images), phase="scoring", images=start, record=False)
+        parts.append(method.predict(images[start : start + batch], batch_size=batch))
+    if not parts:
+        return Prediction(scores=np.zeros(0))
+    return Prediction(
+        scores=np.concatenate([p.scores for p in parts]),
+        embeddings=None if parts[0].embeddings is None else np.concatenate([p.embeddings for p in parts]),
+        anomaly_maps=None if parts[0].anomaly_maps is None else [m for p in parts for m in p.anomaly_maps],
+    )
+
+
+def _small_maps(maps: list[np.ndarray]) -> np.ndarray:
+    """Maps of any sizes -> (N, s, s) float16 with s <= STORED_MAP_SIDE, for the pages."""
+    side = min(STORED_MAP_SIDE, max(max(m.shape) for m in maps))
+    t = [torch.from_numpy(m)[None, None] for m in maps]
+    small = [torch.nn.functional.interpolate(x, size=(side, side), mode="area")[0, 0] for x in t]
+    return torch.stack(small).numpy().astype(np.float16)
+
+
+def _test_metrics(results, predictions, test_records, offset: int) -> dict[str, float | None]:
+    """Image metrics on the test split (normal hold-out excluded), pixel AUROC where masks exist."""
+    test = results["role"] == "test"
+    metrics = image_metrics(results["score"][test], results["label"][test] != "good")
+    metrics["pixel_auroc"] = None
+    if predictions.anomaly_maps is not None and any(r.mask_path for r in test_records):
+        masks = []
+        for rec in test_records:
+            if rec.is_normal:
+                masks.append(np.zeros((rec.height, rec.width), dtype=bool))
+            else:
+                masks.append(load_mask(rec))
+        maps = predictions.anomaly_maps[offset : offset + len(test_records)]
+        metrics["pixel_auroc"] = pixel_auroc(maps, masks)
+    return metrics
