@@ -1,0 +1,27 @@
+"""Anomaly Inspector: page navigation and the session's shared state; every page lives in pages/."""
+
+import streamlit as st
+
+from adcore.methods import DEFAULT_METHOD, get_method_class
+from pages import common
+
+st.set_page_config(page_title="Anomaly Inspector", page_icon=":material/frame_inspect:", layout="wide")
+
+# Shared by the pages of one browser session. The image set is opened lazily (setdefault would
+# evaluate its argument on every rerun); open_set is cached per server anyway.
+if "image_set" not in st.session_state:
+    st.session_state["image_set"] = common.open_set(str(common.DEMO_DIR))
+st.session_state.setdefault("augmentations", list(get_method_class(DEFAULT_METHOD).default_augmentations))
+st.session_state.setdefault("selected_run", None)  # run id the Explore/Compare pages open first
+
+PAGES = {
+    "Data": [
+        st.Page("pages/data.py", title="Data", icon=":material/photo_library:", default=True),
+        st.Page("pages/augmentations.py", title="Augmentations", icon=":material/auto_fix_high:"),
+    ],
+    "Model": [
+        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    ],
+}
+
+st.navigation(PAGES).run()

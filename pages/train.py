@@ -1,0 +1,255 @@
+"""Train page: configure a method from the registry, start it as a background job, watch it live."""
+
+import time
+
+import streamlit as st
+
+from adcore import viz
+from adcore.jobs import CANCELLED, FAILED, FINISHED, RUNNING, Job, JobManager
+from adcore.methods import DEFAULT_METHOD, METHODS, build_method, get_method_class
+from adcore.training import TrainSpec
+from pages import common
+
+common.require_app()
+
+POLL_S = 1.0
+N_PREVIEW = 4
+
+image_set = common.current_image_set()
+manager = common.job_manager()
+normal_train = image_set.normal_train
+
+
+def method_title(name: str) -> str:
+    return get_method_class(name).title or name
+
+
+# --- live progress ------------------------------------------------------------------------------
+
+
+def job_label(job: Job) -> str:
+    return f"{method_title(job.spec.method)} · job `{job.id}`" + (f" · {job.spec.name}" if job.spec.name else "")
+
+
+def show_running(job: Job) -> None:
+    p = job.progress
+    st.markdown(f"**{job_label(job)}**")
+    if job.stop_event.is_set():
+        st.warning("Cancelling: the job stops at its next progress report…")
+    text = f"{p.phase}: step {p.step} of {p.total_steps}" if p.total_steps else f"{p.phase}…"
+    st.progress(p.fraction, text=text)
+    epochs = job.spec.params.get("epochs")
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Epoch", "–" if p.epoch is None else f"{p.epoch}" + (f" / {epochs}" if epochs else ""))
+    c2.metric("Loss", "–" if p.loss is None else f"{p.loss:.4f}")
+    c3.metric("Images / s", "–" if p.images_per_s is None else f"{p.images_per_s:.1f}")
+    c4, c5, c6 = st.columns(3)
+    c4.metric("Elapsed", viz.format_seconds(time.time() - job.started if job.started else None))
+    c5.metric("Phase time left", viz.format_seconds(p.eta_s))
+    c6.metric("Device", (job.device or "–").split(" (")[0], help=job.device or None)
+    if p.losses:
+        total = p.total_steps if p.phase == "training" else None
+        st.plotly_chart(viz.loss_curve_figure(p.losses, total), key=f"train.loss.{job.id}")
+    st.button(
+        "Cancel training",
+        icon=":material/stop_circle:",
+        key=f"train.cancel.{job.id}",
+        on_click=job.cancel,
+        disabled=job.stop_event.is_set(),
+    )
+
+
+def show_queue(queued: list[Job], ahead: int) -> None:
+    st.markdown(f"**Queued ({len(queued)})** · jobs run one at a time, in this order")
+    for position, job in enumerate(queued, start=ahead + 1):
+        text, button = st.columns([4, 1], vertical_alignment="center")
+        removed = " · *removed, skipped when its turn comes*" if job.stop_event.is_set() else ""
+        text.markdown(f"{position}. {job_label(job)}{removed}")
+        button.button("Remove", key=f"train.remove.{job.id}", on_click=job.cancel, disabled=job.stop_event.is_set())
+
+
+def show_outcome(job: Job) -> None:
+    took = viz.format_seconds(job.ended - job.started) if job.started and job.ended else "–"
+    label = job_label(job)
+    if job.status == FINISHED:
+        run_id = job.run_dir.name
+        if job.id == st.session_state.get("train.job_id"):
+            st.session_state["selected_run"] = run_id
+        st.success(f"Finished in {took}: {label}\n\nRun **`{run_id}`** saved in `{job.run_dir.parent}`.")
+        rows, _ = common.runs_table(manager.runs_root)
+        row = next((r for r in rows if r["run id"] == run_id), None)
+        if row is not None:
+            if row["budget stop"]:
+                st.caption(f"Training stopped at the time budget after {row['train s']:.0f} s; the model was kept.")
+            metrics = [("Image AUROC", row["image AUROC"]), ("Pixel AUROC", row["pixel AUROC"])]
+            if any(v is not None for _, v in metrics):
+                for col, (name, value) in zip(st.columns(len(metrics)), metrics):
+                    col.metric(name, "–" if value is None else f"{value:.3f}")
+            else:
+                st.caption("This data has no labelled test images, so there are no test metrics.")
+        st.info("Next: look at its scores and anomaly maps on the **Explore** page.", icon=":material/lightbulb:")
+    elif job.status == FAILED:
+        st.error(f"Training failed after {took}: {label}\n\n{job.error}")
+        with st.expander("Traceback (for a bug report)"):
+            st.code(job.traceback or "no traceback", language="text")
+    elif job.status == CANCELLED:
+        st.warning(f"Cancelled after {took}: {label}. Nothing was saved.")
+
+
+def live_panel(jobs: JobManager) -> None:
+    # Poll only while something is queued or running; an idle page sends nothing.
+    polling = bool(jobs.active())
+
+    @st.fragment(run_every=POLL_S if polling else None)
+    def panel() -> None:
+        active = jobs.active()
+        if polling and not active:
+            st.rerun()  # the last job just ended: redraw the whole page (runs table), stop polling
+        running = [j for j in active if j.status == RUNNING]
+        queued = [j for j in active if j.status != RUNNING]
+        for job in running:
+            show_running(job)
+        if queued:
+            show_queue(queued, ahead=len(running))
+        if not active:
+            ended = jobs.jobs()
+            if ended:
+                show_outcome(ended[0])
+            else:
+                st.info("Nothing is training. Set up a run on the left, then press **Start training**.")
+
+    panel()
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+st.title("Train")
+st.markdown(
+    f"Training on {'the demo set' if common.is_demo(image_set) else f'`{image_set.root}`'}: "
+    f"{len(normal_train)} normal training images, {len(image_set.test)} test images."
+)
+
+config_col, run_col = st.columns([3, 2], gap="large")
+problems = []
+with config_col:
+    names = METHODS.names()
+    chosen = common.kept("train.method", DEFAULT_METHOD)
+    method_name = common.keep(
+        "train.method",
+        st.selectbox(
+            "Method",
+            names,
+            index=names.index(chosen) if chosen in names else 0,
+            format_func=method_title,
+            key="train.method",
+        ),
+    )
+    method = get_method_class(method_name)
+    st.caption(method.summary)
+
+    st.subheader("Parameters")
+    params = common.param_inputs(method.param_specs(), f"train.{method_name}.param", columns=3)
+    try:
+        build_method(method_name, **params)
+    except ValueError as exc:
+        problems.append(str(exc))
+
+    st.subheader("Augmentations")
+    if method.augmentation_role:
+        st.info(method.augmentation_role, icon=":material/info:")
+    chain_key = f"train.{method_name}.aug"
+    chain = common.augmentation_editor(chain_key, method.default_augmentations)
+    with st.container(horizontal=True):
+        st.button(
+            "Copy from the Augmentations page",
+            on_click=common.preset_chain,
+            args=(chain_key, st.session_state["augmentations"]),
+            key="train.use_page_chain",
+            help="Use the chain you built on the Augmentations page.",
+        )
+        st.button(
+            "Reset to the method's defaults",
+            on_click=common.preset_chain,
+            args=(chain_key, method.default_augmentations),
+            key="train.reset_chain",
+        )
+    if normal_train:
+        size, seed = params.get("image_size"), params.get("seed", 0)
+        picked = [normal_train[i] for i in viz.pick_indices(len(normal_train), N_PREVIEW, seed)]
+        try:
+            samples = viz.augmentation_samples(common.images_of(picked), chain, seed, work_size=size, display_size=128)
+        except ValueError as exc:
+            problems.append(f"augmentations: {exc}")
+        else:
+            st.caption(f"What training sees: {N_PREVIEW} training images at {size}×{size} px, augmented.")
+            common.show_samples(samples, columns=2)
+
+with run_col:
+    st.subheader("Run")
+    holdout = common.remembered(
+        st.slider,
+        "Hold-out fraction",
+        0.0,
+        0.5,
+        step=0.05,
+        key="train.holdout",
+        value=0.2,
+        help="Share of the normal training images kept out of training; the run scores them to "
+        "set a threshold and to estimate false alarms.",
+    )
+    r1, r2 = st.columns(2)
+    budget_min = common.remembered(
+        r1.number_input,
+        "Time budget (minutes)",
+        min_value=0.0,
+        max_value=24 * 60.0,
+        step=0.5,
+        key="train.budget",
+        value=0.0,
+        help="0 = no limit. Otherwise training stops cleanly after this long and keeps the model it has.",
+    )
+    run_name = common.remembered(r2.text_input, "Run name (optional)", key="train.name", value="", max_chars=80)
+    if len(normal_train) < 2:
+        problems.append(f"the image set has {len(normal_train)} normal training image(s); at least 2 are needed")
+    for problem in problems:
+        st.error(f"Cannot start: {problem}")
+    if manager.active():
+        st.caption("A job is running: a new one waits in the queue below.")
+    start = st.button(
+        "Start training", type="primary", icon=":material/play_arrow:", disabled=bool(problems), key="train.start"
+    )
+    if start:
+        spec = TrainSpec(
+            data=str(image_set.root),
+            method=method_name,
+            params=params,
+            augmentations=chain,
+            holdout_fraction=float(holdout),
+            budget_s=budget_min * 60 if budget_min > 0 else None,
+            name=run_name.strip(),
+        )
+        st.session_state["train.job_id"] = manager.submit(spec).id
+
+    st.subheader("Training jobs")
+    live_panel(manager)
+
+st.divider()
+st.subheader("Earlier runs")
+rows, broken = common.runs_table(manager.runs_root)
+if rows:
+    st.dataframe(
+        rows,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "train s": st.column_config.NumberColumn(format="%.1f"),
+            "budget stop": st.column_config.CheckboxColumn(help="Training was stopped by its time budget."),
+            "image AUROC": st.column_config.NumberColumn(format="%.3f"),
+            "pixel AUROC": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
+else:
+    st.info(f"No runs yet in `{manager.runs_root}`. Finished trainings are saved there and listed here.")
+if broken:
+    st.warning(f"{len(broken)} folder(s) in the runs folder are not readable runs and are ignored:")
+    st.dataframe([{"folder": name, "reason": reason} for name, reason in broken], hide_index=True, width="stretch")

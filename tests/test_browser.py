@@ -1,0 +1,210 @@
+"""End to end: the real app (`streamlit run app.py`) driven in headless Chromium with Playwright.
+
+Walks Data -> Augmentations -> Train, trains a small model, checks that the UI stays responsive
+while it trains and that a second tab sees the same job, and saves a full-page screenshot of each
+page to artifacts/screenshots/ to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TRAIN_TIMEOUT_MS = 180_000
+
+pytestmark = pytest.mark.browser
+
+
+def _require_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    message = "Chromium not installed at /usr/bin/chromium: install Debian's chromium to run the browser test"
+    if os.environ.get("ADCORE_REQUIRE_BROWSER") == "1":
+        pytest.fail(message + " (ADCORE_REQUIRE_BROWSER=1 makes this a failure)")
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"streamlit exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"streamlit did not become healthy in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def app_url(tmp_path):
+    """A Streamlit server for app.py on a free port, with its own runs folder; killed afterwards."""
+    port = _free_port()
+    env = dict(os.environ, ADCORE_RUNS_DIR=str(tmp_path / "runs"))
+    # On a small shared machine torch's spinning intra-op threads make training many times slower.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    log = tmp_path / "streamlit.log"
+    command = [
+        sys.executable, "-m", "streamlit", "run", "app.py",
+        "--server.headless", "true",
+        "--server.port", str(port),
+        "--server.address", "127.0.0.1",
+        "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, server, log)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def _page_ready(page, title: str) -> None:
+    """Wait until the page shows its title and Streamlit has finished running the script."""
+    page.get_by_role("heading", name=title, level=1).wait_for()
+    page.wait_for_function("() => [...document.images].every(i => i.complete)")
+    page.wait_for_timeout(300)
+    assert page.get_by_test_id("stException").count() == 0, page.get_by_test_id("stException").first.inner_text()
+
+
+def _screenshot(page, name: str) -> None:
+    """The whole page: Streamlit scrolls inside stMain, so grow the window to its content first."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    size = page.viewport_size
+    height = size["height"]
+    for _ in range(10):  # until the window holds all of the content (images and charts grow it)
+        content = page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
+        if content <= height:
+            break
+        height = content
+        page.set_viewport_size({"width": size["width"], "height": height})
+        page.wait_for_timeout(400)
+    page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
+    page.set_viewport_size(size)
+
+
+def _metric(page, label: str) -> str:
+    return page.get_by_test_id("stMetric").filter(has_text=label).get_by_test_id("stMetricValue").inner_text()
+
+
+def _go(page, title: str) -> None:
+    page.get_by_test_id("stSidebarNavLink").filter(has_text=title).click()
+    _page_ready(page, title)
+
+
+def test_data_augment_train_in_a_browser(app_url):
+    _require_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 900})
+            context.set_default_timeout(60_000)
+            page = context.new_page()
+            sent = []  # when the browser sent something to the server (reruns, widget changes)
+            page.on("websocket", lambda ws: ws.on("framesent", lambda _: sent.append(time.monotonic())))
+
+            # Data: the demo set is loaded from the start.
+            page.goto(app_url)
+            _page_ready(page, "Data")
+            assert _metric(page, "Normal training images") == "80"
+            assert _metric(page, "Test images") == "50"
+            assert _metric(page, "Defect classes") == "4"
+            expect(page.get_by_text("No files skipped")).to_be_visible()
+            page.get_by_role("tab", name="Test: scratch (8)").click()  # thumbnails with mask outlines
+            page.wait_for_timeout(500)
+            _screenshot(page, "data")
+
+            # Augmentations: add CutPaste to the chain; the preview shows 8 pairs.
+            _go(page, "Augmentations")
+            chooser = page.get_by_role("combobox", name="Augmentations, applied in this order")
+            chooser.click()
+            chooser.fill("Cutpaste")
+            page.get_by_role("option", name="Cutpaste", exact=True).click()
+            page.keyboard.press("Escape")
+            expect(page.get_by_text("area max")).to_be_visible()
+            _page_ready(page, "Augmentations")
+            expect(page.get_by_test_id("stImage")).to_have_count(8)
+            _screenshot(page, "augmentations")
+
+            # Train: a small autoencoder at 32 px, stopped by a 15 s time budget at the latest.
+            _go(page, "Train")
+            page.locator('input[type=range][aria-label="image size"]').press("Home")
+            expect(page.get_by_text("at 32×32 px")).to_be_visible()
+            for label, value in (("epochs", "40"), ("Time budget (minutes)", "0.25")):
+                box = page.locator(f'input[aria-label="{label}"]')
+                box.fill(value)
+                box.press("Enter")
+                page.wait_for_timeout(400)
+            page.get_by_role("button", name="Start training").click()
+            expect(page.get_by_test_id("stProgress")).to_be_visible()
+            expect(page.get_by_text("training: step")).to_be_visible(timeout=60_000)
+            # .first: while a fragment reruns, Streamlit may briefly keep a stale copy of the chart.
+            expect(page.get_by_test_id("stPlotlyChart").first).to_be_visible(timeout=30_000)
+            _screenshot(page, "train-running")
+
+            # While it trains, the other pages answer and a second tab sees the same job.
+            started = time.monotonic()
+            _go(page, "Data")
+            assert _metric(page, "Normal training images") == "80"
+            data_seconds = time.monotonic() - started
+            assert data_seconds < 15, f"the Data page took {data_seconds:.1f} s while training"
+            other = context.new_page()
+            other.goto(f"{app_url}/train")
+            _page_ready(other, "Train")
+            expect(other.get_by_test_id("stProgress").or_(other.get_by_text("Finished in"))).to_be_visible()
+            other.close()
+
+            # Back on Train the job finishes and its run is listed.
+            _go(page, "Train")
+            expect(page.get_by_text("Finished in")).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
+            expect(page.get_by_test_id("stProgress")).to_have_count(0)
+            # Polling stops with the job: an idle page sends nothing.
+            page.wait_for_timeout(1500)
+            quiet_from = time.monotonic()
+            page.wait_for_timeout(3000)
+            assert not [t for t in sent if t > quiet_from], "the page still polls after the job ended"
+            assert float(_metric(page, "Image AUROC")) >= 0
+            expect(page.get_by_text("No runs yet")).to_have_count(0)
+            expect(page.get_by_test_id("stDataFrame")).to_have_count(1)
+            _screenshot(page, "train")
+        finally:
+            browser.close()

@@ -1,0 +1,358 @@
+"""Tests for the app's pages with Streamlit's AppTest (no browser), plus the helpers they use.
+
+Training here is tiny (32 px images, a width-8 network) so the whole file runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from adcore import viz
+from adcore.data import ImageSet, open_image_set
+from adcore.jobs import CANCELLED, FINISHED
+from adcore.methods import METHODS, get_method_class
+from adcore.training import TrainSpec
+from pages import common
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+TINY = {"image_size": 32, "width": 8, "latent_channels": 4, "batch_size": 4}
+TIMEOUT_S = 60
+
+
+@pytest.fixture(autouse=True)
+def runs_dir(tmp_path, monkeypatch):
+    """A fresh runs folder and a fresh JobManager per test; jobs left running are cancelled."""
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("ADCORE_RUNS_DIR", str(runs))
+    monkeypatch.setattr(common, "UPLOADS_DIR", tmp_path / "uploads")
+    # Two intra-op threads on a shared 2-core machine spin against each other (~50x slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    st.cache_resource.clear()
+    yield runs
+    manager = common.job_manager()
+    for job in manager.active():
+        job.cancel()
+    for job in manager.jobs():
+        manager.wait(job, timeout=TIMEOUT_S)
+    st.cache_resource.clear()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_set(tmp_path):
+    """A 20-image MVTec-layout set (32 px) so that training tests load and score in a blink."""
+    root = tmp_path / "tiny"
+    for i in range(12):
+        _write(root / "train" / "good" / f"{i:03d}.png", _png(seed=i))
+    for i in range(3):
+        _write(root / "test" / "good" / f"{i:03d}.png", _png(seed=100 + i))
+        _write(root / "test" / "spot" / f"{i:03d}.png", _png(seed=200 + i, spot=True))
+        _write(root / "ground_truth" / "spot" / f"{i:03d}_mask.png", _png(mask=True))
+    return open_image_set(root)
+
+
+def app_at(page: str | None = None, image_set: ImageSet | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
+    if image_set is not None:
+        at.session_state["image_set"] = image_set
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """Every piece of text on the page, to search for a message."""
+    kinds = ("markdown", "caption", "success", "info", "warning", "error")
+    parts = [e.value for kind in kinds for e in getattr(at, kind)]
+    parts += [f"{m.label}={m.value}" for m in at.metric]
+    return "\n".join(str(p) for p in parts)
+
+
+def poll(at: AppTest, done, what: str, timeout: float = TIMEOUT_S) -> AppTest:
+    """Rerun the page (as the browser's polling would) until ``done(at)`` or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        if done(at):
+            return at
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; page says:\n{texts(at)}")
+        time.sleep(0.2)
+
+
+def set_train_params(at: AppTest, **values) -> None:
+    for name, value in values.items():
+        key = f"train.autoencoder.param.{name}"
+        widget = next(w for kind in ("slider", "number_input", "selectbox") for w in getattr(at, kind) if w.key == key)
+        widget.set_value(value)
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+# --- pages ----------------------------------------------------------------------------------------
+
+
+def test_data_page_shows_the_demo_set():
+    at = app_at()
+    assert at.title[0].value == "Data"
+    assert metric(at, "Normal training images") == "80"
+    assert metric(at, "Test images") == "50"
+    assert metric(at, "Defect classes") == "4"
+    counts = at.dataframe[0].value
+    assert list(counts["images"]) == [80, 20, 7, 8, 7, 8]
+    assert list(counts["class"])[2:] == ["contamination", "dent", "missing_material", "scratch"]
+    assert "No files skipped" in at.success[0].value
+    assert "All 130 images are 256×256 px." in texts(at)
+    # A thumbnail group per tab: normal training, then each test class.
+    assert [t.label for t in at.tabs][:6] == [
+        "Normal training (80)",
+        "Test: good (20)",
+        "Test: contamination (7)",
+        "Test: dent (8)",
+        "Test: missing_material (7)",
+        "Test: scratch (8)",
+    ]
+    assert len(at.image) == 6
+    assert not at.button(key="data.use_uploads").value and at.button(key="data.use_uploads").disabled
+
+
+def test_data_page_uploads_images_and_lists_bad_files(tmp_path):
+    at = app_at()
+    good = [(f"part{i}.png", _png(seed=i), "image/png") for i in range(3)]
+    broken = ("notes.png", b"this is not a png", "image/png")
+    at.file_uploader(key="data.uploads.0").set_value(good + [broken]).run()
+    at.button(key="data.use_uploads").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert metric(at, "Normal training images") == "3"
+    assert metric(at, "Skipped files") == "1"
+    skipped = at.dataframe[1].value  # counts table, then the skipped files
+    assert list(skipped["file"]) == ["notes.png"] and "not an image" in skipped["reason"][0]
+    assert str(tmp_path / "uploads") in str(at.session_state["image_set"].root)
+    assert not at.file_uploader(key="data.uploads.1").value, "the uploader is emptied after use"
+    at.button(key="data.demo").click().run()
+    assert metric(at, "Normal training images") == "80"
+
+
+def test_data_page_opens_a_server_folder(tiny_set, tmp_path):
+    at = app_at()
+    at.text_input(key="data.folder").set_value(str(tmp_path / "missing")).run()
+    at.button(key="data.open_folder").click().run()
+    assert not at.exception and "no such file or folder" in at.error[0].value
+    assert metric(at, "Normal training images") == "80", "a bad path keeps the current set"
+    at.text_input(key="data.folder").set_value(str(tiny_set.root)).run()
+    at.button(key="data.open_folder").click().run()
+    assert metric(at, "Normal training images") == "12" and metric(at, "Masks") == "3"
+
+
+def test_upload_helper_reports_a_refused_zip(tmp_path):
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as z:
+        for i in range(2):
+            z.writestr(f"train/good/{i:03d}.png", _png(seed=i))
+        z.writestr("test/crack/000.png", _png(seed=9))
+        z.writestr("ground_truth/crack/000_mask.png", _png(mask=True))
+    files = [("parts.zip", zipped.getvalue()), ("broken.zip", b"PK\x03\x04 truncated nonsense")]
+    image_set = common.save_uploaded_files(files, tmp_path)
+    assert image_set.layout == "mvtec" and image_set.root.parent == tmp_path
+    assert len(image_set.normal_train) == 2
+    assert [(r.label, r.mask_path is not None) for r in image_set.test] == [("crack", True)]
+    refused = common.refused_zips(image_set.skipped)
+    assert [s.rel_path for s in refused] == ["broken.zip"]
+    assert refused[0].reason.startswith("zip refused")
+
+
+def test_augmentations_page_previews_and_remembers_the_chain():
+    at = app_at("pages/augmentations.py")
+    assert at.title[0].value == "Augmentations"
+    assert len(at.image) == 8  # 8 samples, each "original | augmented"
+    at.multiselect(key="augment.names").set_value(["random_resized_crop", "cutpaste"]).run()
+    at.slider(key="augment.cutpaste.area_max").set_value(0.3).run()
+    assert not at.exception and not at.error
+    assert len(at.image) == 8
+    chain = at.session_state["augmentations"]
+    assert [name for name, _ in chain] == ["random_resized_crop", "cutpaste"]
+    assert chain[1][1]["area_max"] == pytest.approx(0.3)
+    # Impossible settings are explained, not raised.
+    at.slider(key="augment.random_resized_crop.min_scale").set_value(0.9)
+    at.slider(key="augment.random_resized_crop.max_scale").set_value(0.5).run()
+    assert not at.exception
+    assert "min_scale 0.9 is above max_scale 0.5" in at.error[0].value
+    # The chain survives a visit to another page.
+    at.switch_page("pages/data.py").run()
+    at.switch_page("pages/augmentations.py").run()
+    assert at.multiselect(key="augment.names").value == ["random_resized_crop", "cutpaste"]
+
+
+@pytest.mark.parametrize("method_name", METHODS.names())
+def test_train_form_is_built_from_the_registry(method_name):
+    at = app_at("pages/train.py")
+    at.selectbox(key="train.method").set_value(method_name).run()
+    assert not at.exception
+    method = get_method_class(method_name)
+    kinds = ("slider", "number_input", "selectbox", "toggle", "text_input")
+    keys = {w.key for kind in kinds for w in getattr(at, kind)}
+    assert {f"train.{method_name}.param.{p.name}" for p in method.param_specs()} <= keys
+    # The augmentations start from the method's defaults, with the method's word on their role.
+    assert at.multiselect(key=f"train.{method_name}.aug.names").value == [n for n, _ in method.default_augmentations]
+    if method.augmentation_role:
+        assert method.augmentation_role in texts(at)
+    assert "Nothing is training" in texts(at)
+    assert "No runs yet" in texts(at)
+    assert len(at.image) == 4  # the preview of what training sees
+
+
+def test_train_page_copies_the_augmentations_page_chain():
+    at = app_at("pages/augmentations.py")
+    at.multiselect(key="augment.names").set_value(["cutpaste"]).run()
+    at.switch_page("pages/train.py").run()
+    assert at.multiselect(key="train.autoencoder.aug.names").value == ["color_jitter"]
+    at.button(key="train.use_page_chain").click().run()
+    assert at.multiselect(key="train.autoencoder.aug.names").value == ["cutpaste"]
+    at.button(key="train.reset_chain").click().run()
+    assert at.multiselect(key="train.autoencoder.aug.names").value == ["color_jitter"]
+
+
+def test_train_settings_survive_a_visit_to_another_page():
+    at = app_at("pages/train.py")
+    set_train_params(at, epochs=7, image_size=48)
+    at.slider(key="train.holdout").set_value(0.3)
+    at.number_input(key="train.budget").set_value(1.5)
+    at.multiselect(key="train.autoencoder.aug.names").set_value(["color_jitter", "cutpaste_scar"]).run()
+    at.switch_page("pages/data.py").run()
+    at.switch_page("pages/train.py").run()
+    assert at.number_input(key="train.autoencoder.param.epochs").value == 7
+    assert at.slider(key="train.autoencoder.param.image_size").value == 48
+    assert at.slider(key="train.holdout").value == pytest.approx(0.3)
+    assert at.number_input(key="train.budget").value == pytest.approx(1.5)
+    assert at.multiselect(key="train.autoencoder.aug.names").value == ["color_jitter", "cutpaste_scar"]
+
+
+def test_train_shows_progress_queue_and_cancels(tiny_set):
+    at = app_at("pages/train.py", tiny_set)
+    set_train_params(at, epochs=2000, **TINY)
+    at.button(key="train.start").click().run()
+    first = at.session_state["train.job_id"]
+    at.button(key="train.start").click().run()  # a second job waits for the first
+    second = at.session_state["train.job_id"]
+
+    poll(at, lambda at: metric(at, "Loss") != "–", "a training loss")
+    progress = at.get("progress")
+    assert progress and progress[0].proto.text.startswith("training: step")
+    assert metric(at, "Epoch").endswith("/ 2000")
+    assert at.get("plotly_chart"), "the live loss curve"
+    assert "Queued (1)" in texts(at) and f"2. Convolutional autoencoder · job `{second}`" in texts(at)
+
+    at.button(key=f"train.remove.{second}").click().run()
+    at.button(key=f"train.cancel.{first}").click().run()
+    poll(at, lambda at: not at.get("progress"), "the job to stop")
+    manager = common.job_manager()
+    assert manager.get(first).status == CANCELLED and manager.get(second).status == CANCELLED
+    assert "Nothing was saved" in at.warning[0].value
+    assert "No runs yet" in texts(at)
+
+
+def test_train_finishes_and_lists_the_run(tiny_set):
+    at = app_at("pages/train.py", tiny_set)
+    set_train_params(at, epochs=1, **TINY)
+    at.text_input(key="train.name").set_value("tiny")
+    at.button(key="train.start").click().run()
+    poll(at, lambda at: at.success, "the job to finish")
+    job = common.job_manager().get(at.session_state["train.job_id"])
+    assert job.status == FINISHED
+    run_id = job.run_dir.name
+    assert run_id in at.success[0].value
+    assert at.session_state["selected_run"] == run_id
+    assert float(metric(at, "Image AUROC")) >= 0  # the demo set has labelled test images
+    runs = at.dataframe[0].value
+    assert list(runs["run id"]) == [run_id] and list(runs["name"]) == ["tiny"]
+    assert runs["image AUROC"][0] == pytest.approx(float(metric(at, "Image AUROC")), abs=1e-3)
+
+
+def test_a_failed_job_shows_its_error_and_traceback(tmp_path):
+    at = app_at("pages/train.py")
+    (tmp_path / "empty").mkdir()
+    job = common.job_manager().submit(TrainSpec(data=str(tmp_path / "empty"), params=dict(TINY, epochs=1)))
+    common.job_manager().wait(job, timeout=TIMEOUT_S)
+    at.run()
+    assert "found 0 usable normal training image(s)" in at.error[0].value
+    assert at.expander[-1].label.startswith("Traceback")
+    assert "Traceback (most recent call last)" in at.expander[-1].code[0].value
+
+
+# --- helpers in adcore.viz ------------------------------------------------------------------------
+
+
+def test_draw_outline_and_mask_ring():
+    image = np.zeros((20, 20, 3), np.uint8)
+    boxed = viz.draw_outline(image, [(5.0, 5.0), (10.0, 5.0), (10.0, 10.0), (5.0, 10.0)], width=1)
+    red = np.all(boxed == viz.OUTLINE_COLOR, axis=-1)
+    assert red[5, 5:10].all() and red[9, 5:10].all() and not red[7, 7] and not red[0].any()
+    assert not image.any(), "the input is not modified"
+    mask = np.zeros((20, 20), bool)
+    mask[8:12, 8:12] = True
+    ring = viz.mask_ring(mask)
+    assert not (ring & mask).any() and ring[7, 8:12].all() and ring.sum() == 16
+    framed = viz.draw_mask_outline(image, mask, thickness=2)
+    assert np.all(framed[mask] == 0) and np.all(framed[6, 8:12] == viz.OUTLINE_COLOR)
+
+
+def test_augmentation_samples_outline_pasted_patches():
+    images = [np.full((64, 48, 3), 120, np.uint8), np.full((64, 48, 3), 60, np.uint8)]
+    images[0][::2] = 200  # texture, so a pasted patch changes pixels
+    images[1][:, ::3] = 10
+    samples = viz.augmentation_samples(images, [("cutpaste", {"patch_jitter": 0.0})], seed=1, display_size=128)
+    assert len(samples) == 2
+    for s in samples:
+        assert s.original.shape == s.augmented.shape == (128, 96, 3)
+        assert s.result.outline is not None
+        assert np.all(s.augmented == viz.OUTLINE_COLOR, axis=-1).any()
+    again = viz.augmentation_samples(images, [("cutpaste", {"patch_jitter": 0.0})], seed=1, display_size=128)
+    assert np.array_equal(again[1].augmented, samples[1].augmented), "same seed, same samples"
+    small = viz.augmentation_samples(images, [], seed=0, work_size=32, display_size=96)
+    assert small[0].original.shape == (96, 96, 3) and np.array_equal(small[0].original, small[0].augmented)
+
+
+def test_loss_curve_and_tables():
+    fig = viz.loss_curve_figure([(1, 1.0), (2, 0.5), (3, 0.01)], total_steps=10)
+    assert list(fig.data[0].x) == [1, 2, 3] and fig.layout.yaxis.type == "log"
+    assert tuple(fig.layout.xaxis.range) == (0, 10)
+    assert viz.loss_curve_figure([]).data[0].x == ()
+    assert viz.format_seconds(75.2) == "1:15" and viz.format_seconds(3725) == "1:02:05"
+    assert viz.format_seconds(None) == "–"
+    row = viz.run_row({"method": "autoencoder", "created": "2026-01-02T03:04:05+00:00", "metrics": {}}, "r1")
+    assert row["created"] == "2026-01-02 03:04:05+00:00" and row["image AUROC"] is None and row["run id"] == "r1"
+
+
+def _png(seed: int = 0, mask: bool = False, spot: bool = False) -> bytes:
+    rng = np.random.default_rng(seed)
+    if mask:
+        array = np.zeros((32, 32), np.uint8)
+        array[8:16, 8:16] = 255
+    else:
+        array = rng.integers(60, 120, (32, 32, 3), dtype=np.uint8)
+        if spot:
+            array[8:16, 8:16] = 250
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
