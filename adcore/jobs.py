@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adcore.data import ImageSet
 from adcore.methods import Cancelled
 from adcore.training import TrainSpec, train_run
 
@@ -44,6 +45,7 @@ class Progress:
 @dataclass
 class Job:
     spec: TrainSpec
+    image_set: ImageSet | None = None  # already opened by the caller: saves re-reading it
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     status: str = QUEUED
     device: str = ""
@@ -105,8 +107,9 @@ class JobManager:
         self._worker = threading.Thread(target=self._work, name="adcore-training", daemon=True)
         self._worker.start()
 
-    def submit(self, spec: TrainSpec) -> Job:
-        job = Job(spec=spec)
+    def submit(self, spec: TrainSpec, image_set: ImageSet | None = None) -> Job:
+        """Queue a training; pass the ``image_set`` the page already opened to skip re-reading it."""
+        job = Job(spec=spec, image_set=image_set)
         with self._lock:
             self._jobs[job.id] = job
         self._queue.put(job)
@@ -151,7 +154,11 @@ class JobManager:
 
             job.device = describe_device(pick_device(job.spec.device))
             job.run_dir = train_run(
-                job.spec, self.runs_root, on_progress=job._on_progress, stop_event=job.stop_event
+                job.spec,
+                self.runs_root,
+                on_progress=job._on_progress,
+                stop_event=job.stop_event,
+                image_set=job.image_set,
             )
             job.status = FINISHED
         except Cancelled:

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,14 +39,28 @@ def new_run_id(method: str) -> str:
     return f"{stamp}-{method}-{uuid.uuid4().hex[:6]}"
 
 
-@dataclass
 class Run:
-    """A finished run as stored; ``results`` arrays are loaded eagerly, the method on demand."""
+    """A finished run as stored. ``results`` (scores, embeddings, maps of every image) is read from
+    ``results.npz`` on first access, so listing many runs stays fast; the method loads on demand."""
 
-    path: Path
-    config: dict[str, Any]
-    history: list[dict]
-    results: dict[str, np.ndarray]
+    def __init__(
+        self,
+        path: Path,
+        config: dict[str, Any],
+        history: list[dict],
+        results: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.history = history
+        self._results = results
+
+    @property
+    def results(self) -> dict[str, np.ndarray]:
+        if self._results is None:
+            with np.load(self.path / "results.npz", allow_pickle=False) as data:
+                self._results = {k: data[k] for k in data.files}
+        return self._results
 
     @property
     def run_id(self) -> str:
@@ -114,15 +128,16 @@ def load_run(path: Path | str) -> Run:
         config = json.loads((path / "config.json").read_text())
         history = json.loads((path / "history.json").read_text())
         with np.load(path / "results.npz", allow_pickle=False) as data:
-            results = {k: data[k] for k in data.files}
-    except (ValueError, OSError, KeyError) as exc:
+            if "score" not in data.files:  # reads the zip directory only, not the arrays
+                raise ValueError("results.npz has no scores")
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
         raise ValueError(f"run {path.name} is unreadable: {exc}") from exc
     if config.get("format") != FORMAT_VERSION:
         raise ValueError(f"run {path.name} has format {config.get('format')!r}, expected {FORMAT_VERSION}")
     for key in ("method", "params"):
         if key not in config:
             raise ValueError(f"run {path.name} config has no {key!r}")
-    return Run(path=path, config=config, history=history, results=results)
+    return Run(path=path, config=config, history=history)
 
 
 def list_runs(root: Path | str | None = None) -> tuple[list[Run], list[tuple[str, str]]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import platform
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -117,6 +117,7 @@ def train_run(
     t0 = time.monotonic()
     method.fit(fit_images, ctx)
     train_seconds = time.monotonic() - t0
+    stopped_by_budget = ctx.stopped_by_budget
 
     # Score everything the run will be explored with: fit set, hold-out, test set, synthetic defects.
     test_records, test_images = _load_all(image_set.test, skipped)
@@ -179,7 +180,7 @@ def train_run(
         "created": started_wall.isoformat(timespec="seconds"),
         "train_seconds": round(train_seconds, 2),
         "score_images_per_second": round(len(all_images) / max(t_score, 1e-9), 2),
-        "stopped_by_budget": ctx.out_of_budget(),
+        "stopped_by_budget": stopped_by_budget,
         "metrics": metrics,
         "versions": {
             "adcore": adcore.__version__,

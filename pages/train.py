@@ -228,7 +228,7 @@ with run_col:
             budget_s=budget_min * 60 if budget_min > 0 else None,
             name=run_name.strip(),
         )
-        st.session_state["train.job_id"] = manager.submit(spec).id
+        st.session_state["train.job_id"] = manager.submit(spec, image_set=image_set).id
 
     st.subheader("Training jobs")
     live_panel(manager)

@@ -237,3 +237,19 @@ def test_cli_rejects_unknown_params_clearly(tiny_set, tmp_path, capsys):
     code = cli_main(["train", "--data", str(tiny_set), "--out", str(tmp_path / "r"), "--param", "depth=3"])
     assert code == 2
     assert "autoencoder has no parameter 'depth'" in capsys.readouterr().err
+
+
+def test_truncated_results_file_is_reported_not_crashing(tiny_set, tmp_path):
+    root = tmp_path / "runs"
+    good = train_run(TrainSpec(data=str(tiny_set), params=TINY), root)
+    data = (good / "results.npz").read_bytes()
+    (good / "results.npz").write_bytes(data[: len(data) // 2])
+    runs, broken = list_runs(root)
+    assert runs == [] and broken[0][0] == good.name and "unreadable" in broken[0][1]
+
+
+def test_budget_flag_is_set_only_when_training_was_cut_short(tiny_set, tmp_path):
+    full = load_run(train_run(TrainSpec(data=str(tiny_set), params=TINY, budget_s=600), tmp_path / "runs"))
+    assert full.config["stopped_by_budget"] is False
+    cut = TrainSpec(data=str(tiny_set), params={**TINY, "epochs": 2000}, budget_s=1.0)
+    assert load_run(train_run(cut, tmp_path / "runs")).config["stopped_by_budget"] is True

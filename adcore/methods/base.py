@@ -43,13 +43,17 @@ class FitContext:
     stop_event: threading.Event = field(default_factory=threading.Event)
     history: list[dict] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    stopped_by_budget: bool = False  # set when a method ended training early because of budget_s
 
     def check_cancel(self) -> None:
         if self.stop_event.is_set():
             raise Cancelled("training was cancelled")
 
     def out_of_budget(self) -> bool:
-        return self.budget_s is not None and time.monotonic() - self.started >= self.budget_s
+        """True once the time budget is spent; methods ask this to end training early (and cleanly)."""
+        if self.budget_s is not None and time.monotonic() - self.started >= self.budget_s:
+            self.stopped_by_budget = True
+        return self.stopped_by_budget
 
     def report(
         self,
