@@ -291,11 +291,11 @@ def scratch_alpha(rng, sdf, pose, dims):
     """Thin, slightly curved anti-aliased line(s); returns their coverage alpha."""
     alpha_total = np.zeros((SIZE, SIZE))
     n_lines = 1 if rng.random() < 0.65 else 2
-    length = rng.uniform(15, 60)
+    length = rng.uniform(30, 75)
     for k in range(n_lines):
         for _ in range(200):
             L = length if k == 0 else rng.uniform(0.4, 0.8) * length
-            width = rng.uniform(0.9, 2.2)
+            width = rng.uniform(1.6, 3.0)
             if k == 0:
                 x0, y0 = pick_spot(rng, sdf, 6, pose, dims)
                 ang = rng.uniform(0, np.pi)
@@ -336,14 +336,14 @@ def scratch_alpha(rng, sdf, pose, dims):
 
 def apply_scratch(rng, radiance, alpha):
     bright = rng.random() < 0.6
-    strength = rng.uniform(0.4, 0.7) if bright else -rng.uniform(0.3, 0.45)
+    strength = rng.uniform(0.6, 0.9) if bright else -rng.uniform(0.45, 0.6)
     return radiance * (1.0 + strength * alpha)[..., None]
 
 
 def dent_field(rng, sdf, pose, dims):
     """Height change (negative, px) of a shallow elliptical dent and its mask."""
     for _ in range(200):
-        a = rng.uniform(4.0, 10.0)
+        a = rng.uniform(7.0, 13.0)
         b = a * rng.uniform(0.6, 1.0)
         psi = rng.uniform(0, np.pi)
         x0, y0 = pick_spot(rng, sdf, a + 4, pose, dims)
@@ -355,7 +355,7 @@ def dent_field(rng, sdf, pose, dims):
             break
     else:
         raise RuntimeError("could not place dent")
-    depth = rng.uniform(0.35, 0.65) * a / 7.0
+    depth = rng.uniform(0.6, 0.9) * a / 7.0
     dh = -depth * alpha**2
     return dh, rho2 <= 0.8**2
 
@@ -363,7 +363,7 @@ def dent_field(rng, sdf, pose, dims):
 def contamination_alpha(rng, sdf, pose, dims):
     """Irregular soft-edged blob; returns alpha (geometric) and an opacity texture."""
     for _ in range(200):
-        r0 = rng.uniform(3.0, 9.0)
+        r0 = rng.uniform(6.0, 11.0)
         x0, y0 = pick_spot(rng, sdf, r0 * 1.5 + 4, pose, dims)
         dx, dy = XX - x0, YY - y0
         th = np.arctan2(dy, dx)
@@ -381,7 +381,7 @@ def contamination_alpha(rng, sdf, pose, dims):
 
 
 def apply_contamination(rng, radiance, alpha, texture, kind):
-    opacity = rng.uniform(0.5, 0.8)
+    opacity = rng.uniform(0.75, 0.95)
     a = (alpha * texture * opacity)[..., None]
     if kind == "oil":      # darkens and tints brown-amber, kills the sheen
         target = radiance * np.array([0.55, 0.47, 0.33])
@@ -412,7 +412,7 @@ def missing_material_cut(rng, pose, dims, cuts, kind):
             beta = rng.uniform(0, 2 * np.pi)
             if min(abs(np.angle(np.exp(1j * (beta - ha)))) for ha in hole_angles) > 0.2:
                 break
-        rn = rng.uniform(4.5, 8.0) * pose["scale"]
+        rn = rng.uniform(8.0, 12.0) * pose["scale"]
         chip = None
         for j in range(3):
             rr = rn * rng.uniform(0.55, 1.0)

@@ -86,10 +86,10 @@ class Autoencoder(Method):
     )
     default_augmentations = [("color_jitter", {"brightness": 0.05, "contrast": 0.05})]
     params = [
-        Param("epochs", int, 60, "Passes over the normal images.", 1, 2000),
+        Param("epochs", int, 40, "Passes over the normal images.", 1, 2000),
         Param("batch_size", int, 16, "Images per training step.", 2, 512),
         Param("learning_rate", float, 2e-3, "Adam learning rate.", 1e-5, 1e-1, log=True),
-        Param("width", int, 32, "Channels of the first layer (doubles twice with depth).", 8, 128),
+        Param("width", int, 16, "Channels of the first layer (doubles twice with depth).", 8, 128),
         Param("latent_channels", int, 16, "Channels of the bottleneck at 1/16 of the image size.", 1, 256),
         Param("loss", str, "mse+ssim", "Reconstruction loss.", choices=("mse", "mse+ssim")),
         Param("map_sigma", float, 2.0, "Gaussian smoothing of the difference map, in pixels at image_size.", 0.0, 16.0),
