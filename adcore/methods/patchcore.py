@@ -1,0 +1,327 @@
+"""Methods on frozen ImageNet features: PatchCore (a memory bank of normal patches) and a Gaussian
+of pooled features. Nothing is trained: fitting is one pass over the normal images."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from adcore.backbones import BACKBONES, load_backbone
+from adcore.methods.base import COMMON_PARAMS, FitContext, Method, gaussian_blur, register_method, to_tensor
+from adcore.registry import Param
+
+# Feature maps by stride (fraction of the image size), so one choice means the same for every backbone.
+LAYER_CHOICES = ("16+32", "8+16", "8+16+32", "4+8", "4+8+16", "8", "16", "32")
+REPORT_EVERY_S = 0.5
+DISTANCE_CHUNK = 1 << 22  # query x bank distances computed at once (16 MB of float32)
+
+
+def parse_layers(text: str) -> list[int]:
+    return [int(s) for s in text.split("+")]
+
+
+def normalize_exposure(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> each image shifted and scaled so that its median is 0.45 and its
+    interquartile range that of a spread of 0.225, over all pixels and channels: the same part
+    photographed brighter or darker looks the same. Median and quartiles rather than mean and
+    standard deviation, so a large dark or bright defect does not change how the rest looks."""
+    levels = torch.tensor([0.25, 0.5, 0.75], device=x.device, dtype=x.dtype)
+    q = torch.stack([torch.quantile(image.flatten(), levels) for image in x]).view(-1, 3, 1, 1, 1)
+    spread = (q[:, 2] - q[:, 0]) / 1.349  # the interquartile range of a normal distribution is 1.349 sigma
+    return (x - q[:, 1]) / (spread + 1e-3) * 0.225 + 0.45
+
+
+class PretrainedFeatures(Method):
+    """Shared by the methods here: a frozen backbone, exposure normalisation, batched extraction."""
+
+    default_image_size = 256
+    augmentation_role = (
+        "Not used: the features come from a network trained on ImageNet and are not trained further."
+    )
+    common_feature_params = [
+        Param("backbone", str, "efficientnet_lite0", "ImageNet network the features come from (frozen).",
+              choices=tuple(BACKBONES.names())),
+        Param("normalize", str, "image", "image: each photo scaled to the same brightness and contrast first "
+              "(for varying exposure); none: photos as they are.", choices=("image", "none")),
+        Param("batch_size", int, 16, "Images per forward pass.", 1, 512),
+    ]
+
+    @classmethod
+    def param_specs(cls) -> list[Param]:
+        common = [replace(p, default=cls.default_image_size) if p.name == "image_size" else p for p in COMMON_PARAMS]
+        return common + cls.common_feature_params + cls.params
+
+    def _build(self) -> None:
+        self.backbone_ = load_backbone(self.config_["backbone"]).to(self.device_)
+        self.strides_ = parse_layers(self.config_["layers"])
+
+    def _features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """(B, 3, S, S) in [0, 1] -> {stride: (B, C, S/stride, S/stride)} from the frozen backbone."""
+        if self.config_["normalize"] == "image":
+            x = normalize_exposure(x)
+        return self.backbone_(x, self.strides_)
+
+    def _each_batch(self, images: np.ndarray, ctx: FitContext, phase: str) -> Iterator[torch.Tensor]:
+        """Yield (B, 3, S, S) tensors of ``images`` in order, reporting progress; stops early (keeping
+        what was seen) when the budget is spent."""
+        n, bs = len(images), self.config_["batch_size"]
+        total = math.ceil(n / bs)
+        for step, start in enumerate(range(0, n, bs), 1):
+            yield to_tensor(images[start : start + bs], self.device_)
+            ctx.report(step=step, total_steps=total, images=min(start + bs, n), phase=phase)
+            if ctx.out_of_budget() and step < total:
+                break
+
+    def _check_backbone(self, state: dict[str, torch.Tensor]) -> None:
+        built = self.backbone_.name
+        if f"backbone.{built}" not in state:
+            saved = [k.split(".", 1)[1] for k in state if k.startswith("backbone.")]
+            raise ValueError(
+                f"this model was fitted on {saved or 'an unknown'} backbone features but {built} was loaded "
+                "(were the ResNet-18 weights added to or removed from the torch cache since?)"
+            )
+
+    def _backbone_marker(self) -> dict[str, torch.Tensor]:
+        # Which backbone was really used (load_backbone may fall back), so loading can check it.
+        return {f"backbone.{self.backbone_.name}": torch.ones(1)}
+
+
+# -- PatchCore -------------------------------------------------------------------------------------
+
+def patch_embedding(features: dict[int, torch.Tensor], projection: torch.Tensor | None) -> torch.Tensor:
+    """PatchCore's locally aware patch features: each level averaged over its 3x3 neighbourhood,
+    deeper levels upsampled to the finest one, concatenated, optionally randomly projected.
+    Returns (B, D, h, w) at the finest level's resolution."""
+    strides = sorted(features)
+    size = features[strides[0]].shape[-2:]
+    parts = []
+    for s in strides:
+        f = F.avg_pool2d(features[s], 3, stride=1, padding=1, count_include_pad=False)
+        if f.shape[-2:] != size:
+            f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+        parts.append(f)
+    x = torch.cat(parts, 1)
+    if projection is not None:
+        x = torch.einsum("bchw,cd->bdhw", x, projection)
+    return x
+
+
+def greedy_coreset(
+    points: torch.Tensor,
+    n_select: int,
+    *,
+    projection_dim: int = 128,
+    group_size: int = 65536,
+    seed: int = 0,
+    on_step: Callable[[int], bool] | None = None,
+) -> torch.Tensor:
+    """Indices of ``n_select`` rows of ``points`` (N, D) chosen by greedy k-center selection: each
+    pick is the point farthest from all picks so far, so rare normal patterns are kept and common
+    ones are not repeated. As in PatchCore, distances are measured in a random projection to
+    ``projection_dim`` dimensions (Johnson-Lindenstrauss) to make each step cheap.
+
+    Each step reads every candidate, so the cost grows with N x n_select. To keep it linear in N,
+    more than ``group_size`` points are split at random into groups of at most that size, each
+    giving its share of the picks (a group still holds thousands of points per pick, so rare
+    patterns are still found). ``on_step(i)`` is called now and then with the number picked so
+    far; returning True stops early with those picks.
+    """
+    n, dim = points.shape
+    n_select = max(1, min(n_select, n))
+    gen = torch.Generator().manual_seed(seed)
+    if projection_dim and projection_dim < dim:
+        matrix = torch.randn(dim, projection_dim, generator=gen) / math.sqrt(projection_dim)
+        points = points @ matrix.to(points.device, points.dtype)
+    n_groups = math.ceil(n / group_size)
+    order = torch.randperm(n, generator=gen).to(points.device) if n_groups > 1 else None
+    # Split the picks in proportion to the group sizes (largest remainder), in one stable order.
+    bounds = [round(g * n / n_groups) for g in range(n_groups + 1)]
+    quota = [n_select * (bounds[g + 1] - bounds[g]) / n for g in range(n_groups)]
+    counts = [int(q) for q in quota]
+    for g in sorted(range(n_groups), key=lambda g: counts[g] - quota[g])[: n_select - sum(counts)]:
+        counts[g] += 1
+    chosen, done, stopped, last_call = [], 0, False, time.monotonic()
+    with _one_cpu_thread(points.device):
+        for g in range(n_groups):
+            if stopped:
+                break
+            members = order[bounds[g] : bounds[g + 1]] if order is not None else None
+            group = points if members is None else points[members]
+            sq_norms = (group * group).sum(1)
+            nearest = torch.full((len(group),), float("inf"), device=group.device, dtype=group.dtype)
+            dist = torch.empty_like(nearest)
+            index = int(torch.randint(len(group), (1,), generator=gen))
+            picks = []
+            for _ in range(counts[g]):
+                picks.append(index)
+                # Squared distance of every point to the new pick; keep each point's nearest pick.
+                torch.mv(group, group[index], out=dist)
+                dist.mul_(-2.0).add_(sq_norms).add_(float(sq_norms[index]))
+                torch.minimum(nearest, dist, out=nearest)
+                index = int(nearest.argmax())
+                done += 1
+                if on_step is not None and time.monotonic() - last_call >= REPORT_EVERY_S:
+                    last_call = time.monotonic()
+                    if on_step(done):
+                        stopped = True
+                        break
+            picks_t = torch.tensor(picks, dtype=torch.long, device=group.device)
+            chosen.append(picks_t if members is None else members[picks_t])
+    return torch.cat(chosen).cpu()
+
+
+@contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Each greedy step is a few small memory-bound operations; on CPU, waking other threads for
+    each costs more than it saves (7x slower on a busy 2-core machine), so use one meanwhile."""
+    previous = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
+    """(Q, D) queries, (M, D) bank -> (Q,) mean Euclidean distance to the k nearest bank rows,
+    computed in chunks of queries so memory stays bounded whatever the sizes."""
+    k = min(k, len(bank))
+    rows = max(1, DISTANCE_CHUNK // max(1, len(bank)))
+    out = []
+    for start in range(0, len(queries), rows):
+        d = torch.cdist(queries[start : start + rows], bank)
+        out.append(d.topk(k, dim=1, largest=False).values.mean(1) if k > 1 else d.min(1).values)
+    return torch.cat(out) if out else queries.new_zeros(0)
+
+
+@register_method
+class PatchCore(PretrainedFeatures):
+    name = "patchcore"
+    title = "PatchCore (pretrained patch memory)"
+    summary = (
+        "Remembers what small patches of normal parts look like to an ImageNet network; a patch of a "
+        "new photo unlike every remembered one lights up the map. Fits in one pass, no training."
+    )
+    params = [
+        Param("layers", str, "8+16", "Feature maps combined, by stride: 8+16 = 1/8 and 1/16 of the image "
+              "size; finer strides see smaller defects but cost more.", choices=LAYER_CHOICES),
+        Param("projection_dim", int, 0, "Randomly project patch features to this many dimensions (0: keep all).",
+              0, 4096),
+        Param("coreset_ratio", float, 0.01, "Fraction of all normal patches kept in memory (greedy coreset).",
+              0.0001, 1.0, log=True),
+        Param("max_bank", int, 16384, "At most this many patches kept in memory (bounds memory and scoring time).",
+              64, 1_000_000, log=True),
+        Param("neighbours", int, 1, "Patch score = mean distance to this many nearest remembered patches.", 1, 50),
+        Param("map_sigma", float, 4.0, "Gaussian smoothing of the anomaly map, in pixels at image_size.", 0.0, 32.0),
+    ]
+
+    def _build(self) -> None:
+        super()._build()
+        channels = sum(self.backbone_.channels[s] for s in self.strides_)
+        dim = self.config_["projection_dim"]
+        self.projection_ = None
+        if dim and dim < channels:
+            gen = torch.Generator().manual_seed(self.config_["seed"])
+            self.projection_ = (torch.randn(channels, dim, generator=gen) / math.sqrt(dim)).to(self.device_)
+        self.bank_ = torch.zeros(0, dim if self.projection_ is not None else channels, device=self.device_)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return patch_embedding(self._features(x), self.projection_)
+
+    def _fit(self, images: np.ndarray, ctx: FitContext) -> None:
+        cfg = self.config_
+        patches = []
+        with torch.inference_mode():
+            for x in self._each_batch(images, ctx, "extracting features"):
+                emb = self._embed(x)
+                patches.append(emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1]))
+        patches = torch.cat(patches)
+        n_keep = min(cfg["max_bank"], max(1, int(round(len(patches) * cfg["coreset_ratio"]))))
+
+        def on_step(i: int) -> bool:
+            ctx.report(step=i, total_steps=n_keep, images=len(images), phase="selecting coreset")
+            return ctx.out_of_budget()
+
+        if n_keep >= len(patches):
+            self.bank_ = patches.contiguous()
+        else:
+            idx = greedy_coreset(patches, n_keep, seed=cfg["seed"], on_step=on_step)
+            self.bank_ = patches[idx.to(patches.device)].contiguous()
+        ctx.report(step=n_keep, total_steps=n_keep, images=len(images), phase="selecting coreset")
+
+    def _predict_batch(self, x: torch.Tensor) -> dict:
+        cfg = self.config_
+        emb = self._embed(x)
+        b, d, h, w = emb.shape
+        scores = knn_distance(emb.permute(0, 2, 3, 1).reshape(-1, d), self.bank_, cfg["neighbours"])
+        maps = F.interpolate(scores.view(b, 1, h, w), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        maps = gaussian_blur(maps[:, 0], cfg["map_sigma"])
+        return {"scores": maps.flatten(1).max(1).values, "embeddings": emb.mean((2, 3)), "maps": maps}
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        state = {"bank": self.bank_, **self._backbone_marker()}
+        if self.projection_ is not None:
+            state["projection"] = self.projection_
+        return state
+
+    def _load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        self._check_backbone(state)
+        self.bank_ = state["bank"].float()
+        if self.projection_ is not None:
+            self.projection_ = state["projection"].float()
+
+
+# -- Gaussian of pooled features -------------------------------------------------------------------
+
+@register_method
+class PretrainedGaussian(PretrainedFeatures):
+    name = "pretrained_gaussian"
+    title = "Gaussian on pretrained features"
+    summary = (
+        "Averages ImageNet features over the whole photo and scores how far that average lies from "
+        "the normal photos' (Mahalanobis distance). Fast and simple; no map of where."
+    )
+    default_image_size = 224
+    params = [
+        Param("layers", str, "8+16+32", "Feature maps averaged and combined, by stride.", choices=LAYER_CHOICES),
+    ]
+
+    def _build(self) -> None:
+        super()._build()
+        dim = sum(self.backbone_.channels[s] for s in self.strides_)
+        self.location_ = torch.zeros(dim, device=self.device_)
+        self.precision_ = torch.eye(dim, device=self.device_)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        features = self._features(x)
+        return torch.cat([features[s].mean((2, 3)) for s in sorted(features)], 1)
+
+    def _fit(self, images: np.ndarray, ctx: FitContext) -> None:
+        from adcore.scoring import build_scorer
+
+        with torch.inference_mode():
+            embeddings = torch.cat([self._embed(x) for x in self._each_batch(images, ctx, "extracting features")])
+        gaussian = build_scorer("gaussian").fit(embeddings.double().cpu().numpy())
+        self.location_ = torch.from_numpy(gaussian.location_).float().to(self.device_)
+        self.precision_ = torch.from_numpy(gaussian.precision_).float().to(self.device_)
+
+    def _predict_batch(self, x: torch.Tensor) -> dict:
+        emb = self._embed(x)
+        d = emb - self.location_
+        scores = torch.einsum("bi,ij,bj->b", d, self.precision_, d).clamp_min(0).sqrt()
+        return {"scores": scores, "embeddings": emb}
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"location": self.location_, "precision": self.precision_, **self._backbone_marker()}
+
+    def _load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        self._check_backbone(state)
+        self.location_, self.precision_ = state["location"].float(), state["precision"].float()

@@ -1,0 +1,86 @@
+"""``python -m adcore bench``: one JSON row per method and scorer, a table, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import adcore.cli.bench as bench_cli
+from adcore.cli import main
+from tests.helpers import make_tiny_mvtec
+
+KEYS = {
+    "method", "scorer", "image_auroc", "image_aupr", "image_f1_max", "pixel_auroc", "train_seconds",
+    "images_per_second", "peak_memory_mb", "device", "image_size", "resnet18_ratio",
+}
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch):
+    monkeypatch.setattr(bench_cli, "REFERENCE_MIN_S", 0.05)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # two spinning threads on a shared 2-core machine are many times slower
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_bench_writes_one_row_per_method_and_scorer(tmp_path, capsys):
+    data = make_tiny_mvtec(tmp_path / "set", n_train=8, n_test_good=3, n_defect=3, size=64)
+    out = tmp_path / "results.json"
+
+    code = main([
+        "bench", "--data", str(data), "--methods", "patchcore,pretrained_gaussian", "--image-size", "64",
+        "--param", "patchcore.coreset_ratio=0.5", "--param", "pretrained_gaussian.layers=8+16",
+        "--batch-size", "4", "--out", str(out),
+    ])
+
+    assert code == 0
+    rows = json.loads(out.read_text())
+    assert [(r["method"], r["scorer"]) for r in rows] == [
+        ("patchcore", "own"), ("patchcore", "gaussian"), ("patchcore", "knn"),
+        ("pretrained_gaussian", "own"), ("pretrained_gaussian", "gaussian"), ("pretrained_gaussian", "knn"),
+    ]
+    for r in rows:
+        assert KEYS <= set(r)
+        assert r["image_size"] == 64 and r["device"].startswith("cpu")
+        assert 0 <= r["image_auroc"] <= 1 and r["images_per_second"] > 0 and r["resnet18_ratio"] > 0
+        assert r["peak_memory_mb"] > 0 and r["train_seconds"] >= 0
+        # Only the method's own score comes with maps.
+        assert (r["pixel_auroc"] is not None) == (r["method"] == "patchcore" and r["scorer"] == "own")
+    assert rows[0]["params"]["coreset_ratio"] == 0.5 and rows[3]["params"]["layers"] == "8+16"
+    printed = capsys.readouterr().out
+    assert "pix AUROC" in printed and "x RN18" in printed and f"results -> {out}" in printed
+
+
+def test_bench_explicit_scorers_and_methods_without_embeddings(tmp_path, capsys):
+    data = make_tiny_mvtec(tmp_path / "set", n_train=6, n_test_good=2, n_defect=2, size=48)
+    out = tmp_path / "r.json"
+    code = main([
+        "bench", "--data", str(data), "--methods", "autoencoder", "--scorers", "own,iforest",
+        "--image-size", "32", "--param", "autoencoder.epochs=1", "--param", "autoencoder.width=8",
+        "--out", str(out),
+    ])
+    assert code == 0
+    rows = json.loads(out.read_text())
+    # The autoencoder gives embeddings, so both scorers are measured.
+    assert [r["scorer"] for r in rows] == ["own", "iforest"]
+    assert rows[0]["pixel_auroc"] is not None and rows[1]["pixel_auroc"] is None
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--methods", "nope"], "unknown method 'nope'"),
+        (["--methods", "patchcore", "--scorers", "own,magic"], "unknown scorer 'magic'"),
+        (["--methods", "patchcore", "--param", "coreset_ratio=0.5"], "METHOD.KEY=VALUE"),
+        (["--methods", "patchcore", "--param", "autoencoder.epochs=1"], "not in --methods"),
+        (["--methods", "patchcore", "--param", "patchcore.colour=red"], "has no parameter 'colour'"),
+    ],
+)
+def test_bench_rejects_bad_input_clearly(tmp_path, capsys, extra, message):
+    code = main(["bench", "--data", str(tmp_path), *extra, "--out", str(tmp_path / "r.json")])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()

@@ -1,0 +1,210 @@
+"""Pretrained backbones, the PatchCore and pretrained-Gaussian methods, and the greedy coreset."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from adcore.backbones import load_backbone, resnet18_weights_path
+from adcore.methods import Cancelled, FitContext, build_method
+from adcore.methods.patchcore import greedy_coreset, knn_distance
+from tests.helpers import textured
+
+# 64 px photos seen at 128 px: at 64 px the stride-16 grid is only 4x4 and peaks drift to the borders.
+TINY = {"image_size": 128, "coreset_ratio": 0.25, "map_sigma": 2.0, "batch_size": 4}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Two intra-op threads on a shared 2-core machine spin against each other.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def normal_images():
+    rng = np.random.default_rng(0)
+    return [textured(rng, 64) for _ in range(12)]
+
+
+def _with_square(rng, top=30, left=14, side=10):
+    """A 64 px normal-looking texture with a pasted bright square: the synthetic defect."""
+    image = textured(rng, 64)
+    image[top : top + side, left : left + side] = 250
+    return image
+
+
+# -- backbones -------------------------------------------------------------------------------------
+
+def test_lite0_loads_the_imagenet_weights_strictly_and_recognises_sample_photos():
+    from sklearn.datasets import load_sample_images
+
+    net = load_backbone("efficientnet_lite0")  # load_state_dict(strict=True) inside
+    photos = load_sample_images().images  # china.jpg (a palace), flower.jpg (a daisy-like flower)
+    x = torch.stack([
+        torch.from_numpy(np.asarray(Image.fromarray(p[:, 107:534]).resize((224, 224), Image.BICUBIC)).copy())
+        for p in photos
+    ]).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        probs = net.logits(x).softmax(1)
+    top5 = probs.topk(5).indices.tolist()
+    assert 698 in top5[0]  # ImageNet class 698: palace
+    assert 985 in top5[1]  # ImageNet class 985: daisy
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
+    assert (entropy < 0.7 * np.log(1000)).all()  # confident, far from uniform
+
+
+def test_backbone_feature_maps_have_the_stated_strides_and_channels():
+    net = load_backbone("efficientnet_lite0")
+    with torch.inference_mode():
+        out = net(torch.rand(2, 3, 96, 128), [8, 16, 32])
+    for stride, fmap in out.items():
+        assert fmap.shape == (2, net.channels[stride], 96 // stride, 128 // stride)
+    with pytest.raises(ValueError, match="strides"):
+        net(torch.rand(1, 3, 64, 64), [3])
+
+
+def test_unknown_backbone_and_resnet18_offline_fallback(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown backbone 'vgg'; known: efficientnet_lite0, resnet18"):
+        load_backbone("vgg")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    assert not resnet18_weights_path().exists()
+    with pytest.warns(UserWarning, match="ResNet-18 ImageNet weights not found .* using efficientnet_lite0"):
+        net = load_backbone("resnet18")
+    assert net.name == "efficientnet_lite0"
+    assert load_backbone("resnet18", pretrained=False).name == "resnet18"
+
+
+# -- coreset and distances -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("group_size", [65536, 300])  # one group, and several
+def test_coreset_keeps_the_requested_count_and_covers_both_clusters(group_size):
+    gen = torch.Generator().manual_seed(0)
+    big = torch.randn(1000, 16, generator=gen)
+    small = torch.randn(20, 16, generator=gen) * 0.1 + 12.0  # a rare pattern far away
+    points = torch.cat([big, small])
+
+    picks = greedy_coreset(points, 25, group_size=group_size, projection_dim=8)
+
+    assert len(picks) == 25 and len(set(picks.tolist())) == 25
+    assert (picks >= 1000).any() and (picks < 1000).any()
+    # Spread out: the picks from the big cluster are farther apart than random points are.
+    chosen = points[picks[picks < 1000]]
+    random = big[torch.randperm(1000, generator=gen)[: len(chosen)]]
+    assert torch.pdist(chosen).min() > torch.pdist(random).min()
+
+
+def test_coreset_stops_when_asked(monkeypatch):
+    import adcore.methods.patchcore as pc
+
+    monkeypatch.setattr(pc, "REPORT_EVERY_S", 0.0)
+    points = torch.randn(5000, 8)
+    picks = greedy_coreset(points, 4000, on_step=lambda i: True)
+    assert 1 <= len(picks) < 4000
+
+
+def test_knn_distance_matches_brute_force_in_chunks(monkeypatch):
+    import adcore.methods.patchcore as pc
+
+    monkeypatch.setattr(pc, "DISTANCE_CHUNK", 64)  # many small chunks
+    q, bank = torch.randn(37, 5), torch.randn(23, 5)
+    full = torch.cdist(q, bank)
+    torch.testing.assert_close(knn_distance(q, bank, 1), full.min(1).values)
+    torch.testing.assert_close(knn_distance(q, bank, 3), full.sort(1).values[:, :3].mean(1))
+
+
+# -- PatchCore -------------------------------------------------------------------------------------
+
+def test_patchcore_fits_quickly_and_its_map_points_at_the_defect(normal_images):
+    events = []
+    method = build_method("patchcore", **TINY)
+    method.fit(normal_images, FitContext(device=torch.device("cpu"), on_progress=events.append))
+
+    assert {e["phase"] for e in events} == {"extracting features", "selecting coreset"}
+    assert all(e["loss"] is None for e in events)
+    assert len(method.bank_) == round(12 * 16 * 16 * 0.25)  # 16x16 patches per image at stride 8
+
+    rng = np.random.default_rng(5)
+    defect, clean, wide = _with_square(rng), textured(rng, 64), textured(rng, 80)[:48]
+    pred = method.predict([defect, clean, wide])
+    assert [m.shape for m in pred.anomaly_maps] == [(64, 64), (64, 64), (48, 80)]  # each photo's own size
+    y, x = np.unravel_index(pred.anomaly_maps[0].argmax(), (64, 64))
+    assert 30 - 3 <= y < 40 + 3 and 14 - 3 <= x < 24 + 3, f"map peak at {(y, x)}, square at rows 30-39, cols 14-23"
+    assert pred.scores[0] > pred.scores[1]
+    assert pred.embeddings.shape == (3, 40 + 112)
+
+
+def test_patchcore_save_load_gives_identical_scores(normal_images, tmp_path):
+    params = {**TINY, "projection_dim": 32, "neighbours": 3}
+    method = build_method("patchcore", **params).fit(normal_images, FitContext(device=torch.device("cpu")))
+    save_file(method.state_dict(), str(tmp_path / "state.safetensors"))
+
+    loaded = build_method("patchcore", **params).load_state_dict(
+        load_file(str(tmp_path / "state.safetensors")), device=torch.device("cpu")
+    )
+
+    images = [_with_square(np.random.default_rng(1)), normal_images[0], textured(np.random.default_rng(2), 80)[:48]]
+    a, b = method.predict(images), loaded.predict(images)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(a.anomaly_maps[0], b.anomaly_maps[0])
+
+
+def test_patchcore_refuses_a_state_from_another_backbone(normal_images):
+    method = build_method("patchcore", **TINY).fit(normal_images, FitContext(device=torch.device("cpu")))
+    state = method.state_dict()
+    state["backbone.resnet18"] = state.pop("backbone.efficientnet_lite0")
+    with pytest.raises(ValueError, match=r"fitted on \['resnet18'\] backbone features but efficientnet_lite0"):
+        build_method("patchcore", **TINY).load_state_dict(state, device=torch.device("cpu"))
+
+
+def test_patchcore_honours_cancel_and_budget(normal_images):
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        build_method("patchcore", **TINY).fit(normal_images, FitContext(stop_event=stop))
+
+    method = build_method("patchcore", **TINY).fit(normal_images, FitContext(budget_s=0.0))
+    assert len(method.bank_) == round(4 * 16 * 16 * 0.25)  # one batch of 4 images seen, then stopped
+    assert np.isfinite(method.score(normal_images[:2])).all()
+
+
+def test_patchcore_params_are_checked():
+    with pytest.raises(ValueError, match=r"layers: '2\+4' is not one of"):
+        build_method("patchcore", layers="2+4")
+    with pytest.raises(ValueError, match=r"backbone: 'vgg' is not one of"):
+        build_method("patchcore", backbone="vgg")
+    assert build_method("patchcore").get_params()["image_size"] == 256
+
+
+# -- pretrained Gaussian ---------------------------------------------------------------------------
+
+def test_pretrained_gaussian_scores_a_defect_higher_and_round_trips(normal_images):
+    params = {"image_size": 96, "batch_size": 4}
+    method = build_method("pretrained_gaussian", **params).fit(normal_images, FitContext(device=torch.device("cpu")))
+    rng = np.random.default_rng(7)
+    images = [textured(rng, 64) for _ in range(4)] + [_with_square(rng, 20, 20, 24)]
+    pred = method.predict(images)
+    assert pred.anomaly_maps is None and pred.embeddings.shape == (5, 40 + 112 + 320)
+    assert pred.scores[-1] > pred.scores[:-1].max()
+
+    loaded = build_method("pretrained_gaussian", **params).load_state_dict(
+        method.state_dict(), device=torch.device("cpu")
+    )
+    np.testing.assert_array_equal(loaded.score(images), pred.scores)
+
+    # Its score is the project's gaussian scorer on its own embeddings.
+    from adcore.scoring import build_scorer
+
+    train = method.predict(normal_images).embeddings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = build_scorer("gaussian").fit(train.astype(np.float64)).score(pred.embeddings)
+    np.testing.assert_allclose(pred.scores, expected, rtol=2e-3)

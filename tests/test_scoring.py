@@ -1,0 +1,122 @@
+"""Embedding scorers: one direction (higher = more anomalous), sklearn-backed maths, rescoring runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.covariance import LedoitWolf
+
+from adcore.scoring import SCORERS, build_scorer, rescore_run
+
+
+def _normal_and_tests(seed: int = 0, dim: int = 12):
+    """Normal embeddings around a positive mean (so cosine has a direction to compare), fresh
+    inliers from the same distribution, and one outlier that differs in length and direction."""
+    rng = np.random.default_rng(seed)
+    mean = np.full(dim, 3.0)
+    normal = mean + rng.normal(size=(300, dim))
+    inliers = mean + rng.normal(size=(20, dim))
+    outlier = mean.copy()
+    outlier[:4] = [-9.0, 12.0, -9.0, 12.0]
+    return normal, inliers, outlier[None]
+
+
+@pytest.mark.parametrize("name", SCORERS.names())
+def test_every_scorer_ranks_an_obvious_outlier_above_the_inliers(name):
+    normal, inliers, outlier = _normal_and_tests()
+    scorer = build_scorer(name).fit(normal)
+    scores = scorer.score(np.vstack([inliers, outlier]))
+    assert scores.shape == (21,) and scores.dtype == np.float64
+    assert scores[-1] > scores[:-1].max(), f"{name}: outlier {scores[-1]:.3g} vs inliers max {scores[:-1].max():.3g}"
+
+
+def test_registry_names_and_every_param_has_help():
+    assert set(SCORERS.names()) >= {
+        "centroid_euclidean", "centroid_cosine", "knn", "gaussian", "gmm", "kde", "ocsvm", "iforest"
+    }
+    for name in SCORERS.names():
+        entry = SCORERS.get(name)
+        assert entry.help
+        for p in entry.params:
+            assert p.help and p.validate(p.default) == p.default
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_gaussian_is_mahalanobis_with_ledoit_wolf_covariance(standardize):
+    rng = np.random.default_rng(1)
+    normal = rng.normal(size=(80, 6)) @ rng.normal(size=(6, 6)) * [1, 10, 0.1, 1, 5, 2] + 4
+    x = rng.normal(size=(7, 6)) * 3
+
+    if standardize:
+        mean, std = normal.mean(0), normal.std(0)
+        fit_on, query = (normal - mean) / std, (x - mean) / std
+    else:
+        fit_on, query = normal, x
+    lw = LedoitWolf().fit(fit_on)
+    diff = query - fit_on.mean(0)
+    expected = np.sqrt(np.einsum("ij,jk,ik->i", diff, np.linalg.inv(lw.covariance_), diff))
+
+    scorer = build_scorer("gaussian", standardize=standardize).fit(normal)
+    np.testing.assert_allclose(scorer.score(x), expected, rtol=1e-6)
+    # The raw-space location and precision (what the pretrained_gaussian method stores) agree.
+    d = x - scorer.location_
+    np.testing.assert_allclose(np.sqrt(np.einsum("ij,jk,ik->i", d, scorer.precision_, d)), expected, rtol=1e-6)
+
+
+def test_knn_is_the_mean_distance_to_the_k_nearest_normals():
+    rng = np.random.default_rng(2)
+    normal, x = rng.normal(size=(50, 3)), rng.normal(size=(4, 3))
+    dist = np.linalg.norm(x[:, None] - normal[None], axis=2)
+    expected = np.sort(dist, axis=1)[:, :3].mean(1)
+    np.testing.assert_allclose(build_scorer("knn", k=3, standardize=False).fit(normal).score(x), expected)
+
+
+def test_model_selection_happens_on_the_normal_data():
+    rng = np.random.default_rng(3)
+    two_blobs = np.vstack([rng.normal(-6, 1, (150, 2)), rng.normal(6, 1, (150, 2))])
+    gmm = build_scorer("gmm", pca_dims=0).fit(two_blobs)
+    assert gmm.n_components_ >= 2  # BIC prefers two components to one for two blobs
+    kde = build_scorer("kde", pca_dims=0).fit(two_blobs)
+    assert 0 < kde.bandwidth_ < 1.0  # in standardised units; the blobs are ~1/6 of the spread wide
+
+
+def test_clear_errors():
+    normal, inliers, _ = _normal_and_tests()
+    with pytest.raises(ValueError, match=r"unknown scorer 'nope'; known: .*gaussian"):
+        build_scorer("nope")
+    with pytest.raises(ValueError, match=r"scorer 'knn': k: 0 is below the minimum 1"):
+        build_scorer("knn", k=0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        build_scorer("knn").score(inliers)
+    with pytest.raises(ValueError, match="fitted on 12"):
+        build_scorer("gaussian").fit(normal).score(inliers[:, :5])
+    with pytest.raises(ValueError, match="NaN"):
+        build_scorer("gaussian").fit(np.full((5, 2), np.nan))
+
+
+class FakeRun:
+    """A finished run as the pages see it: results only; touching the method is a test failure."""
+
+    run_id = "fake-run"
+
+    def __init__(self, results):
+        self.results = results
+
+    def load_method(self, *args, **kwargs):
+        raise AssertionError("rescoring must not load (or retrain) the network")
+
+
+def test_rescore_uses_stored_embeddings_fitted_on_the_fit_rows_only():
+    normal, inliers, outlier = _normal_and_tests()
+    embeddings = np.vstack([normal, inliers, outlier]).astype(np.float32)
+    role = np.array(["fit"] * 250 + ["holdout"] * 50 + ["test"] * 21)
+    run = FakeRun({"embedding": embeddings, "role": role, "score": np.zeros(len(role))})
+
+    scores = rescore_run(run, "knn", k=3)
+
+    assert scores.shape == (len(role),)
+    expected = build_scorer("knn", k=3).fit(embeddings[:250]).score(embeddings)
+    np.testing.assert_allclose(scores, expected)
+    assert scores[-1] == scores.max()
+    with pytest.raises(ValueError, match="no embeddings"):
+        rescore_run(FakeRun({"role": role, "score": np.zeros(len(role))}), "knn")
