@@ -1,0 +1,74 @@
+"""``python -m adcore export``: write a run as one self-contained model file (see ``adcore.export``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a run as one model file (weights, config, preprocessing, threshold)",
+        description=(
+            "Write a run as one safetensors file holding the method's weights, its parameters and "
+            "preprocessing, the decision threshold and the versions it was made with, with a SHA-256 "
+            "digest over the whole file. Score with it: python -m adcore score --model FILE ..."
+        ),
+    )
+    p.add_argument("--run", required=True, help="run folder written by `train` or the app")
+    p.add_argument("--out", required=True, help="model file to write (suggested extension .adcore)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="decision threshold to store (default: the run's chosen one, else adcore.threshold's default: "
+        "a 5 %% target false-alarm rate on the run's hold-out normal images)",
+    )
+    p.add_argument(
+        "--scorer",
+        default=None,
+        help="score images with this embedding scorer (see adcore.scoring) fitted on the run's embeddings "
+        "instead of the method's own score (default: the run's scorer, if it has one)",
+    )
+    p.add_argument(
+        "--scorer-param", action="append", default=[], metavar="KEY=VALUE", help="scorer parameter, repeatable"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from adcore.export import ScorerSpec, export_run, load_model
+    from adcore.runs import load_run
+    from adcore.scoring import SCORERS
+    from adcore.threshold import Threshold
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ValueError(f"--out {out} already exists; choose a new name or pass --force")
+    if args.scorer_param and not args.scorer:
+        raise ValueError("--scorer-param needs --scorer")
+    scorer = None
+    if args.scorer:
+        specs = {p.name: p for p in SCORERS.get(args.scorer).params}
+        params = {}
+        for pair in args.scorer_param:
+            key, sep, value = pair.partition("=")
+            if not sep or key not in specs:
+                known = ", ".join(specs) or "none"
+                raise ValueError(f"scorer {args.scorer}: bad --scorer-param {pair!r}; it has: {known}")
+            params[key] = specs[key].parse(value)
+        scorer = ScorerSpec(args.scorer, params)
+    threshold = None
+    if args.threshold is not None:
+        threshold = Threshold(args.threshold, "set by hand (export --threshold)", {"rule": "manual"})
+    export_run(load_run(args.run), out, threshold=threshold, scorer=scorer)
+    model = load_model(out, device="cpu")  # read back: what was written verifies and loads
+    cfg = model.config
+    print(f"model written to {out} ({out.stat().st_size / 1024:.1f} KiB)")
+    print(f"  method {cfg['method']['name']}, image size {cfg['method']['params']['image_size']}")
+    if cfg["scorer"]:
+        print(f"  image score: {cfg['scorer']['name']} scorer on the method's embeddings")
+    print(f"  threshold {model.threshold.value:.6g}: {model.threshold.how}; anomalous if score >= threshold")
+    return 0
