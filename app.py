@@ -22,6 +22,12 @@ PAGES = {
     "Model": [
         st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
     ],
+    "Explore": [
+        st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
+        st.Page("pages/scores.py", title="Scores & threshold", icon=":material/tune:"),
+        st.Page("pages/inspect.py", title="Inspect", icon=":material/zoom_in:"),
+        st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+    ],
 }
 
 st.navigation(PAGES).run()

@@ -4,9 +4,10 @@ and widgets built from registry parameter specs. Computation lives in adcore (vi
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -17,7 +18,9 @@ from adcore.augment import AUGMENTATIONS, get_augmentation
 from adcore.data import ImageRecord, ImageSet, SkippedFile, load_image, open_image_set, save_uploads
 from adcore.jobs import JobManager
 from adcore.registry import Param
-from adcore.runs import default_runs_dir, list_runs
+from adcore.runs import Run, default_runs_dir, list_runs, load_run
+from adcore.scoring import SCORERS, rescore_run
+from adcore.threshold import Threshold, default_threshold
 
 APP_DIR = Path(__file__).resolve().parent.parent
 DEMO_DIR = APP_DIR / "sample_data"
@@ -239,10 +242,10 @@ def preset_chain(key_prefix: str, chain: Sequence[tuple[str, dict[str, Any]]]) -
     """Make the ``augmentation_editor`` under ``key_prefix`` show ``chain`` on its next run
     (for a button's ``on_click``: widget values can only be replaced before the widgets are drawn)."""
     forget_widgets(key_prefix)
-    keep(f"{key_prefix}.names", [name for name, _ in chain])
+    preset(f"{key_prefix}.names", [name for name, _ in chain])
     for name, params in chain:
         for param, value in params.items():
-            keep(f"{key_prefix}.{name}.{param}", value)
+            preset(f"{key_prefix}.{name}.{param}", value)
 
 
 def kept(key: str, default: Any) -> Any:
@@ -264,6 +267,16 @@ def remembered(widget: Callable[..., Any], label: str, *args: Any, key: str, val
     return keep(key, widget(label, *args, value=kept(key, value), key=key, **kwargs))
 
 
+def preset(key: str, value: Any) -> Any:
+    """Make widget ``key`` show ``value`` on the next run, in the browser too (for an ``on_click``).
+
+    Assigning the widget's state is what tells the browser to redraw it: a widget whose state is
+    only deleted keeps showing its old value, since the browser keeps its own copy under the key.
+    """
+    st.session_state[key] = keep(key, value)
+    return value
+
+
 def forget_widgets(key_prefix: str) -> None:
     """Drop the widgets under ``key_prefix`` and their kept values: they start again from their
     pre-fill. Names are dotted, so ``"train.autoencoder.aug"`` covers ``"train.autoencoder.aug.names"``."""
@@ -273,3 +286,254 @@ def forget_widgets(key_prefix: str) -> None:
     store = st.session_state.get("kept", {})
     for key in [k for k in store if k.startswith(prefix)]:
         del store[key]
+
+
+# --- runs on the Explore pages ------------------------------------------------------------------
+
+
+def runs_root() -> Path:
+    """The runs folder in use (``$ADCORE_RUNS_DIR``, else ``runs/``), absolute."""
+    return default_runs_dir().resolve()
+
+
+def run_label(row: dict[str, Any]) -> str:
+    """One line naming a run in a picker: name (or id), method, when, and its image AUROC if any."""
+    title = viz.run_title({"name": row["name"], "created": row["created"]}, row["run id"])
+    parts = [title, row["method"], row["created"][:16]] if row["name"] else [title]
+    if row.get("image AUROC") is not None:
+        parts.append(f"AUROC {row['image AUROC']:.3f}")
+    return " · ".join(parts)
+
+
+def pick_run(page_key: str, *, maps: bool = False) -> Run:
+    """A run picker (default: the run picked last on any page, else the newest) that returns the
+    loaded run, with its anomaly maps only if ``maps``; with no runs yet it shows where to train
+    one and stops the page."""
+    root = runs_root()
+    rows, broken = runs_table(root)
+    if not rows:
+        no_runs_yet(root, broken)
+        st.stop()
+    labels = {r["run id"]: run_label(r) for r in rows}
+    ids = list(labels)
+    current = st.session_state.get("selected_run")
+    run_id = st.selectbox(
+        "Run",
+        ids,
+        index=ids.index(current) if current in ids else 0,
+        format_func=labels.get,
+        key=f"{page_key}.run",
+        help="Runs are listed newest first. The run you pick here is the one every Explore page opens.",
+    )
+    st.session_state["selected_run"] = run_id
+    return load_run_cached(root / run_id) if maps else load_run_scores(root / run_id)
+
+
+def no_runs_yet(root: Path, broken: Sequence[tuple[str, str]] = ()) -> None:
+    """The empty state of the Explore pages: no finished run to look at."""
+    st.info(
+        f"There is no trained model to explore yet (no finished run in `{root}`). Train one: its scores, "
+        "maps and threshold appear here as soon as it finishes.",
+        icon=":material/info:",
+    )
+    st.page_link("pages/train.py", label="Train a model on the Train page first", icon=":material/model_training:")
+    if job_manager().active():
+        st.caption("A training job is running: its run appears here when it finishes.")
+    if broken:
+        names = ", ".join(name for name, _ in broken)
+        st.warning(f"{len(broken)} folder(s) in the runs folder are not readable runs: {names}")
+
+
+def load_run_cached(path: Path) -> Run:
+    """The run at ``path`` with all its results (anomaly maps too), read once per server until its
+    config changes (a saved threshold)."""
+    path = Path(path)
+    return _load_run(str(path), (path / "config.json").stat().st_mtime_ns)
+
+
+def load_run_scores(path: Path) -> Run:
+    """Like ``load_run_cached`` without the anomaly maps, which only Inspect needs: cheap enough to
+    hold many runs (Compare)."""
+    path = Path(path)
+    return _load_run_scores(str(path), (path / "config.json").stat().st_mtime_ns)
+
+
+@st.cache_resource(show_spinner="Reading the run…", max_entries=4)  # anomaly maps can be large
+def _load_run(path: str, config_mtime: int) -> Run:
+    # Shared read-only by every session: nothing below changes a Run once its results are read.
+    run = load_run(path)
+    run.results  # noqa: B018  (read the arrays now, not lazily in some later session)
+    return run
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _load_run_scores(path: str, config_mtime: int) -> Run:
+    """The run with its results minus the anomaly maps: all that scores, thresholds and comparing need."""
+    run = load_run(path)
+    with np.load(Path(path) / "results.npz", allow_pickle=False) as data:
+        results = {k: data[k] for k in data.files if k != "anomaly_map"}
+    return Run(run.path, run.config, run.history, results)
+
+
+def run_version(run: Run) -> int:
+    """Changes when the run's config is rewritten: part of every cache key that depends on the run."""
+    return (run.path / "config.json").stat().st_mtime_ns
+
+
+# --- scores: the method's own, or an embedding scorer's ------------------------------------------
+
+
+def scorer_choice(run: Run) -> dict[str, Any] | None:
+    """The embedding scorer this session scores ``run`` with ({"name", "params"}), None for the
+    method's own score. Starts from the scorer saved with the run, if any."""
+    store = st.session_state.setdefault("explore.scorer", {})
+    if run.run_id not in store:
+        saved = run.config.get("scorer")
+        store[run.run_id] = saved if isinstance(saved, dict) and saved.get("name") in SCORERS else None
+    return store[run.run_id]
+
+
+def set_scorer_choice(run: Run, choice: dict[str, Any] | None) -> None:
+    st.session_state.setdefault("explore.scorer", {})[run.run_id] = choice
+
+
+def scorer_title(choice: dict[str, Any] | None) -> str:
+    return "the method's own score" if choice is None else f"the {choice['name']} scorer on its embeddings"
+
+
+def run_scores(run: Run, choice: dict[str, Any] | None) -> np.ndarray:
+    """Scores of every row of ``run``: stored ones, or re-scored from its stored embeddings."""
+    if choice is None:
+        return run.results["score"]
+    params = json.dumps(choice.get("params") or {}, sort_keys=True)
+    return _rescored(str(run.path), run_version(run), choice["name"], params)
+
+
+@st.cache_data(show_spinner="Fitting the scorer on the stored embeddings…", max_entries=32)
+def _rescored(path: str, version: int, name: str, params: str) -> np.ndarray:
+    return rescore_run(_load_run_scores(path, version), name, **json.loads(params))
+
+
+def score_context(run: Run, choice: dict[str, Any] | None) -> viz.ScoreContext:
+    """``adcore.viz.score_context`` of the run with the chosen scores, once per server."""
+    key = None if choice is None else json.dumps(choice, sort_keys=True)
+    return _score_context(str(run.path), run_version(run), key)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _score_context(path: str, version: int, choice: str | None) -> viz.ScoreContext:
+    # Shared read-only: ScoreContext computes its curves when built and is never changed afterwards.
+    run = _load_run_scores(path, version)
+    return viz.score_context(run, run_scores(run, None if choice is None else json.loads(choice)))
+
+
+# --- the threshold each run decides with ---------------------------------------------------------
+
+
+def chosen_threshold(run: Run, choice: dict[str, Any] | None, scores: np.ndarray) -> Threshold:
+    """The threshold of ``run`` for the scores of ``choice``: the one set on the Scores page in this
+    session, else the one saved with the run (if saved for the same scores), else the default
+    (a 5 % false-alarm target on the hold-out normals)."""
+    entry = st.session_state.setdefault("explore.threshold", {}).get(run.run_id)
+    if entry is not None and entry["scorer"] == choice:
+        return Threshold.from_dict(entry["threshold"])
+    saved = run.config.get("threshold")
+    saved_scorer = run.config.get("scorer") if isinstance(run.config.get("scorer"), dict) else None
+    if isinstance(saved, dict) and "value" in saved and saved_scorer == choice:
+        return Threshold.from_dict(saved)
+    return default_threshold(run, scores=scores)
+
+
+def set_chosen_threshold(run: Run, choice: dict[str, Any] | None, threshold: Threshold) -> None:
+    st.session_state.setdefault("explore.threshold", {})[run.run_id] = {
+        "scorer": choice,
+        "threshold": threshold.to_dict(),
+    }
+
+
+def saved_threshold(run: Run) -> tuple[Threshold | None, dict[str, Any] | None]:
+    """The threshold saved in the run's config (None if none) and the scorer it was saved for."""
+    saved = run.config.get("threshold")
+    scorer = run.config.get("scorer") if isinstance(run.config.get("scorer"), dict) else None
+    if isinstance(saved, dict) and "value" in saved:
+        return Threshold.from_dict(saved), scorer
+    return None, scorer
+
+
+# --- pictures of a run's rows --------------------------------------------------------------------
+
+
+def run_records(run: Run) -> dict[str, ImageRecord]:
+    """rel_path -> record of the run's image set (for masks); empty if its folder is gone."""
+    root = viz.run_data_root(run.config)
+    if root is None or not Path(root).is_dir():
+        return {}
+    return {r.rel_path: r for r in open_set(str(root)).records}
+
+
+def row_thumbnails(run: Run, rows: Sequence[int], size: int = 160) -> list[np.ndarray]:
+    """Thumbnails (HWC uint8) of rows of ``run.results``: ground truth outlined in red; synthetic
+    rows show the pasted defect; an image that cannot be read shows a grey tile."""
+    return _row_thumbnails(str(run.path), run_version(run), tuple(int(r) for r in rows), size)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _row_thumbnails(path: str, version: int, rows: tuple[int, ...], size: int) -> list[np.ndarray]:
+    run = _load_run_scores(path, version)
+    records = run_records(run)
+    rel, role = run.results["rel_path"], run.results["role"]
+    out: list[np.ndarray | None] = [None] * len(rows)
+    plain = []
+    for i, row in enumerate(rows):
+        record = records.get(str(rel[row]))
+        if role[row] != "synthetic" and record is not None:
+            out[i] = viz.record_thumbnail(record, size)
+        else:
+            plain.append(i)
+    if plain:
+        for i, image in zip(plain, viz.run_row_images(run, [rows[i] for i in plain])):
+            out[i] = viz.placeholder(size) if image is None else viz.fit_size(image, size)
+    return out  # type: ignore[return-value]
+
+
+def row_caption(ctx: viz.ScoreContext, row: int) -> str:
+    """"3.04 · dent": score and group of one row (synthetic groups say "synthetic")."""
+    group = str(ctx.groups[row])
+    if viz.group_kind(group) == "synthetic":
+        group = f"{group.removeprefix('synthetic ')} (synthetic)"
+    return f"{ctx.scores[row]:.3g} · {group}"
+
+
+def show_rows(run: Run, ctx: viz.ScoreContext, rows: Sequence[int], columns: int = 6, *, key: str = "") -> None:
+    """A grid of thumbnails of ``rows`` captioned with score and group; under each, its file name
+    as a button that opens the Inspect page on it (when ``key`` is given)."""
+    rows = [int(r) for r in rows]
+    thumbs = row_thumbnails(run, rows)
+    for start in range(0, len(rows), columns):
+        for col, row, thumb in zip(st.columns(columns), rows[start : start + columns], thumbs[start : start + columns]):
+            col.image(thumb, caption=row_caption(ctx, row), width="stretch")
+            if key:
+                rel = str(run.results["rel_path"][row])
+                col.button(
+                    PurePosixPath(rel).name, key=f"{key}.{row}", icon=":material/zoom_in:", on_click=inspect_later,
+                    args=(run.run_id, row), type="tertiary", help=f"Inspect {ctx.names[row]}",
+                )  # fmt: skip
+    if key and st.session_state.pop("inspect.go_now", False):
+        st.switch_page("pages/inspect.py")
+
+
+def inspect_later(run_id: str, row: int) -> None:
+    """Button callback: open the Inspect page on ``row`` of run ``run_id`` (after this run)."""
+    st.session_state["selected_run"] = run_id
+    st.session_state["inspect.goto"] = int(row)
+    st.session_state["inspect.go_now"] = True
+
+
+def run_row_image(run: Run, row: int) -> np.ndarray:
+    """The full-size image (HWC uint8) of one row of ``run.results``; raises ImageError saying why not."""
+    return _row_image(str(run.path), run_version(run), int(row))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)  # an ImageError is raised again, not cached
+def _row_image(path: str, version: int, row: int) -> np.ndarray:
+    return viz.run_row_image(_load_run_scores(path, version), row)

@@ -1,13 +1,15 @@
 """End to end: the real app (`streamlit run app.py`) driven in headless Chromium with Playwright.
 
 Walks Data -> Augmentations -> Train, trains a small model, checks that the UI stays responsive
-while it trains and that a second tab sees the same job, and saves a full-page screenshot of each
-page to artifacts/screenshots/ to look at.
+while it trains and that a second tab sees the same job, then opens every Explore page on the new
+run (selects points on the embedding map, moves the threshold and checks the counts follow, shows a
+reconstruction), and saves a full-page screenshot of each page to artifacts/screenshots/ to look at.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -124,9 +126,9 @@ def _metric(page, label: str) -> str:
     return page.get_by_test_id("stMetric").filter(has_text=label).get_by_test_id("stMetricValue").inner_text()
 
 
-def _go(page, title: str) -> None:
+def _go(page, title: str, heading: str | None = None) -> None:
     page.get_by_test_id("stSidebarNavLink").filter(has_text=title).click()
-    _page_ready(page, title)
+    _page_ready(page, heading or title)
 
 
 def test_data_augment_train_in_a_browser(app_url):
@@ -206,5 +208,80 @@ def test_data_augment_train_in_a_browser(app_url):
             expect(page.get_by_text("No runs yet")).to_have_count(0)
             expect(page.get_by_test_id("stDataFrame")).to_have_count(1)
             _screenshot(page, "train")
+
+            _explore_the_run(page, expect)
         finally:
             browser.close()
+
+
+def _explore_the_run(page, expect) -> None:
+    """Every Explore page on the run just trained (the Train page made it the selected run)."""
+    # Embeddings: a t-SNE map; a lasso round the left half of it lists those images beside it.
+    _go(page, "Embeddings")
+    chart = page.get_by_test_id("stPlotlyChart").first
+    expect(chart).to_be_visible(timeout=60_000)
+    page.wait_for_timeout(1000)
+    area = chart.locator(".nsewdrag").first.bounding_box()
+    left, top, width, height = area["x"], area["y"], area["width"], area["height"]
+    path = [(0.02, 0.02), (0.5, 0.02), (0.5, 0.98), (0.02, 0.98), (0.02, 0.03)]
+    page.mouse.move(left + path[0][0] * width, top + path[0][1] * height)
+    page.mouse.down()
+    for fx, fy in path[1:]:
+        page.mouse.move(left + fx * width, top + fy * height, steps=8)
+    page.mouse.up()
+    expect(page.get_by_text("selected ·", exact=False)).to_be_visible(timeout=30_000)
+    _page_ready(page, "Embeddings")
+    _still_screenshot(page, "embeddings")
+
+    # Scores & threshold: drive by score value; the slider's Home key flags every image, End none.
+    _go(page, "Scores & threshold")
+    expect(page.get_by_text("Set from 16 normal images held out from training")).to_be_visible()
+    before = _metric(page, "False alarms")
+    page.get_by_text("Score value", exact=True).click()
+    # Until the fragment has rerun, the disabled slider that showed the implied value may linger.
+    slider = page.locator('input[type=range][aria-label="Threshold (anomaly score; flagged at or above)"]:not([disabled])')
+    expect(slider).to_have_count(1)
+    slider.press("Home")
+    false_alarms = page.get_by_test_id("stMetric").filter(has_text="False alarms").get_by_test_id("stMetricValue")
+    expect(false_alarms).to_have_text("20 of 20")
+    assert before != "20 of 20", f"the default threshold flags every normal test image ({before})"
+    assert _metric(page, "Missed defects") == "0 of 30"
+    expect(page.get_by_text("flags all 16 normal images held out from training")).to_be_visible()
+    slider.press("End")
+    expect(false_alarms).to_have_text("0 of 20")
+    assert _metric(page, "Missed defects") == "30 of 30"
+    page.get_by_role("button", name="Default: 5 % false alarms").click()
+    expect(false_alarms).to_have_text(before)
+    expect(page.get_by_role("radio", name="False-alarm target")).to_be_checked()
+    _page_ready(page, "Scores & threshold")
+    _still_screenshot(page, "scores")
+
+    # Inspect, opened from the image nearest the threshold: heat map, and the reconstruction on demand.
+    nearest = page.locator("[class*='gallery0'] button").first
+    name = nearest.inner_text().strip().split()[-1]
+    nearest.click()
+    _page_ready(page, "Inspect")
+    expect(page.get_by_role("combobox", name=re.compile(r"^Image \("))).to_have_value(re.compile(re.escape(name)))
+    page.get_by_text("Reconstruction", exact=True).click()
+    expect(page.get_by_text("Reconstruction by the model")).to_be_visible(timeout=60_000)
+    page.get_by_role("button", name="Next").click()
+    expect(page.get_by_text("Reconstruction by the model")).to_be_visible(timeout=60_000)
+    _page_ready(page, "Inspect")
+    expect(page.get_by_text("can no longer be read")).to_have_count(0)
+    _still_screenshot(page, "inspect")
+
+    # Compare: one run so far; the presentation view shows big numbers.
+    _go(page, "Compare", "Compare runs")
+    expect(page.get_by_test_id("stDataFrame")).to_have_count(1)
+    _still_screenshot(page, "compare")
+    page.get_by_text("Presentation view").click()
+    expect(page.get_by_test_id("stDataFrame")).to_have_count(0)
+    _page_ready(page, "Compare runs")
+    _still_screenshot(page, "compare-presentation")
+
+
+def _still_screenshot(page, name: str) -> None:
+    """A screenshot without a tooltip: the mouse is moved off whatever it last clicked."""
+    page.mouse.move(2, 2)
+    page.wait_for_timeout(300)
+    _screenshot(page, name)

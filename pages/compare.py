@@ -1,0 +1,198 @@
+"""Compare page: every run in one table (best value per column highlighted), chosen runs' score
+distributions or ROC curves side by side, and a presentation view for showing the results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from adcore import viz
+from adcore.methods import get_method_class
+from adcore.runs import Run
+from adcore.threshold import Threshold, format_percent
+from pages import common
+
+common.require_app()
+
+BEST_STYLE = "background-color: rgba(46, 160, 67, 0.22); font-weight: 600"
+VIEWS = {"distributions": "Score distributions", "roc": "ROC curves"}
+MAX_PICKED = 6
+
+
+@dataclass
+class Entry:
+    run: Run
+    ctx: viz.ScoreContext
+    threshold: Threshold
+    point: Any  # OperatingPoint on the labelled test images, or None
+    row: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return self.row["name"]
+
+
+def entries() -> list[Entry]:
+    root = common.runs_root()
+    rows, broken = common.runs_table(root)
+    if not rows:
+        common.no_runs_yet(root, broken)
+        st.stop()
+    out = []
+    for r in rows:
+        run = common.load_run_scores(root / r["run id"])
+        choice = common.scorer_choice(run)
+        ctx = common.score_context(run, choice)
+        threshold = common.chosen_threshold(run, choice, ctx.scores)
+        point = ctx.real.at(threshold.value) if ctx.real is not None else None
+        defaults = {p.name: p.default for p in get_method_class(run.method_name).param_specs()}
+        row = viz.comparison_row(run.config, run.run_id, defaults, threshold.value, point)
+        out.append(Entry(run, ctx, threshold, point, row))
+    return out
+
+
+def runs_table(items: list[Entry]) -> None:
+    rows = [e.row for e in items]
+    best = viz.best_per_column(rows)
+
+    def text(column: str, value: Any) -> str:
+        if value is None:
+            return "–"
+        if column in ("recall", "false alarms"):
+            return format_percent(value)
+        if column in ("image AUROC", "pixel AUROC"):
+            return f"{value:.3f}"
+        if column == "F1":
+            return f"{value:.2f}"
+        if column == "threshold":
+            return f"{value:.4g}"
+        if column == "train s":
+            return f"{value:.1f}"
+        return str(value)
+
+    # Shown as text so a missing value reads "–"; the green marks come from the numbers themselves.
+    frame = pd.DataFrame([{c: text(c, v) for c, v in r.items()} for r in rows])
+
+    def highlight(column: pd.Series) -> list[str]:
+        return [BEST_STYLE if i in best.get(column.name, ()) else "" for i in range(len(column))]
+
+    st.dataframe(
+        frame.style.apply(highlight, axis=0),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "name": st.column_config.Column(pinned=True),
+            "F1": st.column_config.Column(help="F1 on the labelled test images at each run's chosen threshold."),
+            "recall": st.column_config.Column(help="Share of the labelled test defects flagged at the threshold."),
+            "false alarms": st.column_config.Column(help="Share of the normal test images flagged at the threshold."),
+            "threshold": st.column_config.Column(help="Each run's threshold: from the Scores page, saved, or default."),
+            "key params": st.column_config.Column(help="Method parameters that differ from the method's defaults."),
+        },
+        key="compare.table",
+    )
+    st.caption(
+        "Green: the best of each column (highest AUROC, F1 and recall; fewest false alarms; fastest training). "
+        "F1, recall and false alarms are at each run's chosen threshold (Scores page), on its labelled test images; "
+        "runs on different data are not directly comparable."
+    )
+
+
+def big_numbers(entry: Entry) -> None:
+    p, row = entry.point, entry.row
+    with st.container(horizontal=True):
+        st.metric("Image AUROC", "–" if row["image AUROC"] is None else f"{row['image AUROC']:.3f}", border=True)
+        if p is not None:
+            st.metric("Defects caught", f"{p.tp} of {p.tp + p.fn}", border=True)
+            st.metric("False alarms", f"{p.fp} of {p.fp + p.tn}", border=True)
+        else:
+            ref = entry.ctx.scores[entry.ctx.reference_rows]
+            flagged = int((ref >= entry.threshold.value).sum())
+            st.metric("Hold-out normals flagged", f"{flagged} of {ref.size}", border=True)
+
+
+def side_by_side(items: list[Entry], view: str, presentation: bool) -> None:
+    if view == "roc":
+        curves, synthetic_only = {}, []
+        for e in items:
+            table, _ = e.ctx.evaluation
+            if table is None:
+                continue
+            if e.ctx.real is None:
+                synthetic_only.append(e.label)
+                curves[f"{e.label} (synthetic defects)"] = (table.roc, table.at(e.threshold.value))
+            else:
+                curves[e.label] = (table.roc, e.point)
+        if not curves:
+            st.info("None of these runs has labelled or synthetic defects to draw a ROC curve from.")
+            return
+        if presentation:
+            columns = st.columns(len(items))
+            for col, e in zip(columns, items):
+                with col:
+                    st.subheader(e.label)
+                    big_numbers(e)
+        st.plotly_chart(viz.roc_overlay_figure(curves, height=560 if presentation else 440), key="compare.roc")
+        if synthetic_only:
+            names = ", ".join(synthetic_only)
+            st.caption(f"{names}: no labelled defects, so the curve is against synthetic defects (not real).")
+        return
+    per_row = min(len(items), 3)
+    for start in range(0, len(items), per_row):
+        for col, e in zip(st.columns(per_row), items[start : start + per_row]):
+            with col:
+                st.subheader(e.label)
+                if presentation:
+                    big_numbers(e)
+                else:
+                    st.caption(f"{e.row['method']} · threshold {e.threshold.value:.4g} ({e.threshold.how})")
+                groups = [g for g in e.ctx.order if g != "train normal"]
+                height = 480 if presentation else 360
+                figure = viz.score_distribution_figure(e.ctx, e.threshold.value, groups, height=height)
+                st.plotly_chart(figure, key=f"compare.dist.{e.run.run_id}")
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+title_col, toggle_col = st.columns([4, 1], vertical_alignment="bottom")
+title_col.title("Compare runs")
+with toggle_col:
+    presentation = common.remembered(
+        st.toggle, "Presentation view", key="compare.presentation", value=False,
+        help="Hide the table and controls: big numbers and plots of the chosen runs, for showing the results.",
+    )  # fmt: skip
+
+items = entries()
+ids = [e.run.run_id for e in items]
+by_id = {e.run.run_id: e for e in items}
+first = [st.session_state.get("selected_run")] if st.session_state.get("selected_run") in ids else []
+newest = first + [i for i in ids if i not in first][: 2 - len(first)]  # the selected run and the newest other
+default = [i for i in common.kept("compare.runs", newest) if i in ids]
+
+if presentation:
+    picked = default
+    view = common.kept("compare.view", "distributions")
+else:
+    runs_table(items)
+    c1, c2 = st.columns([3, 2], vertical_alignment="bottom")
+    picked = common.keep("compare.runs", c1.multiselect(
+        "Runs side by side", ids, default=default, format_func=lambda i: by_id[i].label,
+        max_selections=MAX_PICKED, key="compare.runs",
+    ))  # fmt: skip
+    view = common.keep("compare.view", c2.segmented_control(
+        "Show", list(VIEWS), default=common.kept("compare.view", "distributions"), format_func=VIEWS.get,
+        key="compare.view",
+    ) or "distributions")  # fmt: skip
+
+chosen = [by_id[i] for i in picked]
+if len(items) < 2:
+    st.info("There is one run so far: train another (other method, augmentations or size) to compare them.")
+    if chosen:
+        side_by_side(chosen, view, presentation)
+elif len(chosen) < 2:
+    hint = " Leave the presentation view to pick them." if presentation else ""
+    st.info("Pick two or more runs to see them side by side." + hint)
+else:
+    side_by_side(chosen, view, presentation)

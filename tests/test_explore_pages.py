@@ -1,0 +1,366 @@
+"""The Explore pages (Embeddings, Scores & threshold, Inspect, Compare) with Streamlit's AppTest, on
+two tiny runs trained once for the module: one with labelled defects, one with normal images only.
+Plus the pure helpers they draw with (adcore.viz). Runs in well under a minute on two cores."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from adcore import viz
+from adcore.runs import Run, load_run
+from adcore.threshold import default_threshold
+from adcore.training import TrainSpec, train_run
+from tests.helpers import make_tiny_mvtec
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+TINY = {"image_size": 32, "epochs": 2, "width": 8, "batch_size": 4}
+TIMEOUT_S = 60
+PAGES = ("pages/embeddings.py", "pages/scores.py", "pages/inspect.py", "pages/compare.py")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two tiny runs in one runs folder: "labelled" (test defects with masks) and "normal" (no defects)."""
+    root = tmp_path_factory.mktemp("explore")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two spinning intra-op threads on a shared 2-core machine are ~50x slower
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADCORE_RUNS_DIR", str(root / "runs"))
+        labelled = make_tiny_mvtec(root / "labelled")
+        normal = make_tiny_mvtec(root / "normal", n_train=20, n_defect=0)
+        paths = {
+            "labelled": train_run(TrainSpec(data=str(labelled), params=TINY, name="labelled"), root / "runs"),
+            "normal": train_run(TrainSpec(data=str(normal), params=TINY, name="normal only"), root / "runs"),
+        }
+        st.cache_resource.clear()
+        st.cache_data.clear()
+        yield {name: path.name for name, path in paths.items()} | {"root": root / "runs"}
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def runs_env(runs, monkeypatch):
+    monkeypatch.setenv("ADCORE_RUNS_DIR", str(runs["root"]))
+
+
+def open_page(page: str, run_id: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
+    at.run()
+    if run_id is not None:
+        at.session_state["selected_run"] = run_id
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    kinds = ("markdown", "caption", "success", "info", "warning", "error")
+    parts = [e.value for kind in kinds for e in getattr(at, kind)]
+    parts += [f"{m.label}={m.value}" for m in at.metric]
+    return "\n".join(str(p) for p in parts)
+
+
+def captions(at: AppTest) -> str:
+    return " | ".join(c for image in at.image for c in image.captions)
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def confusion(at: AppTest) -> list[list[int]]:
+    """The displayed confusion matrix: [[defects flagged, defects passed], [normals flagged, normals passed]]."""
+    table = at.table[0].value
+    return table[["flagged", "passed"]].astype(int).values.tolist()
+
+
+def rerun(changed) -> AppTest:
+    """Run the app after a widget change (``widget.set_value(...)`` or ``button.click()``)."""
+    at = changed.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+# --- every page -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_for_a_labelled_run(runs, page):
+    at = open_page(page, runs["labelled"])
+    if page != "pages/compare.py":
+        assert at.selectbox(key=f"{Path(page).stem}.run").value == runs["labelled"]
+    assert at.session_state["selected_run"] == runs["labelled"]
+    if page == "pages/embeddings.py":
+        assert at.get("plotly_chart"), "the map"
+        assert "16-number embedding" in texts(at)
+    if page == "pages/scores.py":
+        assert confusion(at)[0][0] + confusion(at)[0][1] == 3  # 3 test defects
+    if page == "pages/inspect.py":
+        assert {"Anomaly score", "Decision", "Image threshold"} <= {m.label for m in at.metric}
+        assert len(at.image) >= 3  # original, heat map (+ colour bar), predicted region
+    if page == "pages/compare.py":
+        table = at.dataframe[0].value
+        assert set(table["name"]) == {"labelled", "normal only"}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_for_a_normal_only_run(runs, page):
+    open_page(page, runs["normal"])
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_without_runs_the_pages_say_where_to_start(tmp_path, monkeypatch, page):
+    monkeypatch.setenv("ADCORE_RUNS_DIR", str(tmp_path / "empty"))
+    at = open_page(page)
+    assert "no trained model to explore yet" in texts(at)
+    assert [link.proto.label for link in at.get("page_link")] == ["Train a model on the Train page first"]
+
+
+# --- Scores & threshold -----------------------------------------------------------------------------
+
+
+def test_moving_the_threshold_changes_the_confusion_matrix(runs):
+    at = open_page("pages/scores.py", runs["labelled"])
+    prefix = f"scores.{runs['labelled']}.method"
+    assert at.radio(key=f"{prefix}.mode").value == "False-alarm target"  # the default drives
+    run = load_run(runs["root"] / runs["labelled"])
+    assert at.session_state["explore.threshold"][runs["labelled"]]["threshold"]["value"] == default_threshold(run).value
+
+    rerun(at.radio(key=f"{prefix}.mode").set_value("Score value"))
+    slider = at.slider(key=f"{prefix}.value")
+    rerun(slider.set_value(slider.min))  # below every score: everything flagged
+    assert confusion(at) == [[3, 0], [3, 0]]
+    assert metric(at, "False alarms") == "3 of 3" and metric(at, "Missed defects") == "0 of 3"
+    assert metric(at, "Recall") == "100 %"
+    assert "flags all" in texts(at), "a warning when every hold-out normal is flagged"
+    rerun(at.slider(key=f"{prefix}.value").set_value(at.slider(key=f"{prefix}.value").max))  # nothing flagged
+    assert confusion(at) == [[0, 3], [0, 3]]
+    assert metric(at, "False alarms") == "0 of 3" and metric(at, "Precision") == "–"
+
+    rerun(at.button(key=f"{prefix}.f1").click())
+    assert at.radio(key=f"{prefix}.mode").value == "Score value"
+    assert "best F1" in texts(at)
+    rerun(at.button(key=f"{prefix}.save").click())
+    saved = json.loads((runs["root"] / runs["labelled"] / "config.json").read_text())
+    assert saved["threshold"]["details"]["rule"] == "f1_optimal" and saved["scorer"] is None
+    assert "saved with the run" in texts(at)
+    # Compare and Inspect decide with the same threshold.
+    at.switch_page("pages/inspect.py").run()
+    assert metric(at, "Image threshold") == f"{saved['threshold']['value']:.4g}"
+
+
+def test_target_false_alarm_rate_drives_and_the_value_follows(runs):
+    at = open_page("pages/scores.py", runs["labelled"])
+    prefix = f"scores.{runs['labelled']}.method"
+    rerun(at.button(key=f"{prefix}.default").click())
+    rerun(at.slider(key=f"{prefix}.target").set_value(50.0))  # half of the 2 hold-out normals
+    chosen = at.session_state["explore.threshold"][runs["labelled"]]["threshold"]
+    assert chosen["details"]["rule"] == "false_alarm_rate" and chosen["details"]["flagged"] == 1
+    shown = [s for s in at.slider if s.label.startswith("Threshold") and s.disabled]
+    assert shown and shown[0].value == pytest.approx(chosen["value"], abs=shown[0].step)
+
+
+def test_a_normal_only_run_gets_an_honest_threshold(runs):
+    at = open_page("pages/scores.py", runs["normal"])
+    page = texts(at)
+    assert "only normal images" in page
+    run = load_run(runs["root"] / runs["normal"])
+    n_holdout = run.config["data"]["n_holdout"]
+    assert f"Set from {n_holdout} normal images held out from training: expect about" in at.info[1].value
+    assert metric(at, "Hold-out normals flagged") == f"0 of {n_holdout}"  # never flags every one
+    assert "a first estimate before any real defect has been collected" in page
+    assert "Synthetic cutpaste defects (pasted onto hold-out normals, not real)" in page
+    assert not at.table, "no confusion matrix without real defects"
+    assert at.get("plotly_chart"), "distribution and the synthetic ROC/PR curves"
+    assert "synthetic defects pasted onto the hold-out normals" in page
+    assert not [b for b in at.button if b.key and b.key.endswith(".f1")], "no F1 without labelled defects"
+
+
+def test_scores_page_offers_embedding_scorers(runs):
+    at = open_page("pages/scores.py", runs["labelled"])
+    scorer = at.selectbox(key=f"scores.{runs['labelled']}.scorer")
+    rerun(scorer.set_value("centroid_euclidean"))
+    assert at.radio(key=f"scores.{runs['labelled']}.centroid_euclidean.mode").value == "False-alarm target"
+    assert "centroid_euclidean" in str(at.session_state["explore.threshold"][runs["labelled"]]["scorer"])
+
+
+# --- Inspect ------------------------------------------------------------------------------------
+
+
+def test_inspect_browses_reconstructs_and_scores_a_new_image(runs):
+    at = open_page("pages/inspect.py", runs["labelled"])
+    key = f"inspect.{runs['labelled']}.row"
+    first = at.selectbox(key=key).value
+    rerun(at.button(key="inspect.next").click())
+    second = at.selectbox(key=key).value
+    assert second != first
+    rerun(at.button(key="inspect.prev").click())
+    assert at.selectbox(key=key).value == first
+    # Only the defect class, lowest score first.
+    at.selectbox(key="inspect.group").set_value("spot")
+    rerun(at.segmented_control(key="inspect.order").set_value("low"))
+    run = load_run(runs["root"] / runs["labelled"])
+    spot = np.flatnonzero(run.results["label"] == "spot")
+    assert at.selectbox(key=key).options[0].startswith(f"1. score {run.results['score'][spot].min():.4g} · spot")
+    assert at.selectbox(key=key).value in spot.tolist()
+    assert "ground truth in red" in captions(at)
+    images = len(at.image)
+    rerun(at.toggle(key="inspect.reconstruct").set_value(True))
+    assert len(at.image) == images + 1 and "Reconstruction by the model" in captions(at)
+
+    png = io.BytesIO()
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(png, format="PNG")
+    rerun(at.file_uploader(key="inspect.upload").set_value([("part.png", png.getvalue(), "image/png")]))
+    assert len([m for m in at.metric if m.label == "Anomaly score"]) == 2
+    decisions = [m.value for m in at.metric if m.label == "Decision"]
+    assert decisions[-1] in ("Flagged as anomalous", "Passed as normal")
+
+
+def test_inspect_opens_on_an_image_picked_elsewhere(runs):
+    at = open_page("pages/scores.py", runs["labelled"])
+    button = next(b for b in at.button if ".gallery0." in (b.key or ""))
+    row = int(button.key.rsplit(".", 1)[1])
+    button.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Inspect"
+    assert at.selectbox(key=f"inspect.{runs['labelled']}.row").value == row
+
+
+# --- Embeddings and Compare ---------------------------------------------------------------------
+
+
+def test_embeddings_in_3d_and_coloured_by_score(runs):
+    at = open_page("pages/embeddings.py", runs["labelled"])
+    at.radio(key="embeddings.dims").set_value(3)
+    at.slider(key="embeddings.perplexity").set_value(4)
+    rerun(at.button[0].click())  # the form's Draw map
+    assert "Selecting points works on the 2-D map only" in texts(at)
+    rerun(at.segmented_control(key="embeddings.color").set_value("score"))
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert figure["data"][0]["type"] == "scatter3d" and "colorscale" in figure["data"][0]["marker"]
+    assert list((runs["root"] / runs["labelled"] / "cache").glob("projection-tsne-3d-*.npy")), "cached on disk"
+
+
+def test_compare_highlights_and_presents(runs):
+    at = open_page("pages/compare.py", runs["labelled"])
+    assert at.multiselect(key="compare.runs").value[0] == runs["labelled"]
+    assert len(at.multiselect(key="compare.runs").value) == 2
+    rerun(at.segmented_control(key="compare.view").set_value("roc"))
+    assert at.get("plotly_chart")
+    rerun(at.toggle(key="compare.presentation").set_value(True))
+    assert not at.dataframe and not at.multiselect, "the presentation view hides the table and controls"
+    assert "Image AUROC" in {m.label for m in at.metric}
+
+
+# --- pure helpers (adcore.viz) --------------------------------------------------------------------
+
+
+def test_heat_map_overlay_region_and_colours():
+    lut = viz.colormap_lut("Inferno")
+    assert lut.shape == (256, 3) and lut.dtype == np.uint8 and tuple(lut[0]) == (0, 0, 4)
+    image = np.zeros((40, 60, 3), np.uint8)
+    amap = np.zeros((4, 4), np.float16)
+    amap[1:3, 1:3] = 1.0
+    none = viz.overlay_heatmap(image, amap, 0.0)
+    full = viz.overlay_heatmap(image, amap, 1.0, low=0.0, high=1.0)
+    assert np.array_equal(none, image) and full.shape == (40, 60, 3)
+    assert tuple(full[20, 30]) == tuple(lut[-1]) and tuple(full[0, 0]) == tuple(lut[0])
+    region = viz.region_mask(amap, 0.5, (40, 60))
+    assert region.shape == (40, 60) and region[20, 30] and not region[0, 0]
+    assert viz.colorbar_strip(0, 1, width=32, height=4).shape == (4, 32, 3)
+
+
+def test_slider_range_best_columns_and_titles():
+    span = viz.threshold_slider_range(np.array([0.12, 0.5, 3.7]))
+    assert span.low < 0.12 and span.high > 3.7 and span.step == pytest.approx(0.001) and span.format == "%.3f"
+    assert viz.threshold_slider_range(np.array([-1.0, 76.6])).step == pytest.approx(0.01)
+    assert span.clip(99) == span.high
+    rows = [
+        {"image AUROC": 0.9, "train s": 5.0},
+        {"image AUROC": None, "train s": 2.0},
+        {"image AUROC": 0.95, "train s": 2.0},
+    ]
+    assert viz.best_per_column(rows) == {"image AUROC": {2}, "train s": {1, 2}}
+    assert viz.run_title({"created": "2026-01-02T03:04:05+00:00"}, "20260102-030405-patchcore-abc123") == (
+        "patchcore-abc123 · 01-02 03:04"
+    )
+    points = [{"customdata": [4, 1.5]}, {"customdata": [4, 1.5]}, {"x": 1}, {"customdata": {"1": 0.2, "0": 7}}]
+    assert viz.selected_rows({"points": points}) == [4, 7]
+
+
+def test_score_context_groups_gallery_and_synthetic_images(runs):
+    run = load_run(runs["root"] / runs["labelled"])
+    ctx = viz.score_context(run)
+    assert ctx.order[:3] == ["train normal", "hold-out normal", "test normal"] and "spot" in ctx.order
+    view = viz.threshold_view(ctx, float(np.median(ctx.scores)))
+    alarms, total = view.gallery["False alarms (normal images flagged)"]
+    assert total == int((ctx.scores[ctx.normal_rows] >= view.threshold).sum())
+    assert all(ctx.groups[r] in ("hold-out normal", "test normal") for r in alarms)
+    # A synthetic row is pasted again exactly as training did: it differs from its hold-out source.
+    synthetic = int(np.flatnonzero(run.results["role"] == "synthetic")[0])
+    source = int(np.flatnonzero(run.results["rel_path"] == run.results["rel_path"][synthetic])[0])
+    pasted, original = viz.run_row_images(run, [synthetic, source])
+    assert pasted.shape == original.shape and not np.array_equal(pasted, original)
+    score = run.load_method(torch.device("cpu")).predict([pasted]).scores[0]
+    assert score == pytest.approx(run.results["score"][synthetic], rel=1e-4), "the very image training scored"
+    assert viz.row_name(run.results, synthetic).startswith("synthetic cutpaste on ")
+
+
+def test_rows_of_a_run_whose_images_are_gone(runs):
+    run = load_run(runs["root"] / runs["labelled"])
+    run.config = {**run.config, "data": {"root": "/nonexistent"}}
+    synthetic = int(np.flatnonzero(run.results["role"] == "synthetic")[0])
+    assert viz.run_row_images(run, [0, synthetic]) == [None, None]
+
+
+def test_score_history_figure_draws_a_box_per_group_and_epoch():
+    history = {
+        "epoch": np.array([1, 1, 1, 2, 2, 2]),
+        "group": np.array(["hold-out normal", "hold-out normal", "synthetic cutpaste"] * 2),
+        "score": np.array([0.1, 0.2, 0.9, 0.1, 0.15, 1.4]),
+    }
+    figure = viz.score_history_figure(history)
+    assert [t.name for t in figure.data] == ["hold-out normal", "synthetic cutpaste (not real)"]
+    assert list(figure.data[1].x) == [1, 2] and list(figure.data[1].y) == [0.9, 1.4]
+
+
+def test_far_out_synthetic_scores_do_not_squeeze_the_real_ones(tmp_path):
+    groups = [("fit", "good", 0.0), ("holdout", "good", 0.0), ("test", "good", 0.2), ("test", "dent", 1.0),
+              ("synthetic", "synthetic cutpaste", 100.0)]  # fmt: skip
+    role = np.repeat([g[0] for g in groups], 5)
+    label = np.repeat([g[1] for g in groups], 5)
+    score = np.repeat([g[2] for g in groups], 5) + np.tile(np.linspace(0, 1, 5), len(groups))
+    results = {"rel_path": np.array([f"{i}.png" for i in range(role.size)]), "split": role, "label": label,
+               "role": role, "score": score}  # fmt: skip
+    ctx = viz.score_context(Run(tmp_path, {"method": "fake", "params": {}}, [], results))
+    figure = viz.score_distribution_figure(ctx, 1.5)
+    low, high = figure.layout.xaxis.range
+    assert low < 0 and 2.0 < high < 10, "the axis ends a little beyond the real scores, not at 101"
+    assert "5 synthetic score(s) up to 101" in figure.layout.annotations[0].text
+
+
+def test_a_run_without_embeddings_or_maps(runs, tmp_path, monkeypatch):
+    """Methods that give only an image score: every page still works and says what is missing."""
+    import shutil
+
+    folder = tmp_path / "runs" / runs["labelled"]
+    shutil.copytree(runs["root"] / runs["labelled"], folder)
+    with np.load(folder / "results.npz") as data:
+        kept = {k: data[k] for k in data.files if k not in ("embedding", "anomaly_map")}
+    np.savez_compressed(folder / "results.npz", **kept)
+    monkeypatch.setenv("ADCORE_RUNS_DIR", str(tmp_path / "runs"))
+    at = open_page("pages/embeddings.py", runs["labelled"])
+    assert "stores no embeddings" in texts(at) and not at.get("plotly_chart")
+    at = open_page("pages/scores.py", runs["labelled"])
+    assert not [s for s in at.selectbox if s.label == "Image score"], "no embedding scorers without embeddings"
+    at = open_page("pages/inspect.py", runs["labelled"])
+    assert "This method gives no anomaly map" in texts(at)
