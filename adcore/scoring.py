@@ -92,7 +92,7 @@ class Scorer:
         self.mean_ = x.mean(0)
         scale = x.std(0)
         # Constant features carry no information; dividing by ~0 would blow them up.
-        self.scale_ = np.where(scale > 1e-12 * max(float(scale.max()), 1e-300), scale, 1.0)
+        self.scale_ = np.where(scale > 1e-12 * scale.max(), scale, 1.0)
         self._fit(self._preprocess(x))
         return self
 

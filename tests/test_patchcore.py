@@ -17,7 +17,7 @@ from adcore.methods.patchcore import greedy_coreset, knn_distance
 from tests.helpers import textured
 
 # 64 px photos seen at 128 px: at 64 px the stride-16 grid is only 4x4 and peaks drift to the borders.
-TINY = {"image_size": 128, "coreset_ratio": 0.25, "map_sigma": 2.0, "batch_size": 4}
+TINY = {"image_size": 128, "layers": "8+16", "coreset_ratio": 0.25, "map_sigma": 2.0, "batch_size": 4}
 
 
 @pytest.fixture(autouse=True)
@@ -181,7 +181,7 @@ def test_patchcore_params_are_checked():
         build_method("patchcore", layers="2+4")
     with pytest.raises(ValueError, match=r"backbone: 'vgg' is not one of"):
         build_method("patchcore", backbone="vgg")
-    assert build_method("patchcore").get_params()["image_size"] == 256
+    assert build_method("patchcore").get_params()["image_size"] == 224  # not the common default of 128
 
 
 # -- pretrained Gaussian ---------------------------------------------------------------------------

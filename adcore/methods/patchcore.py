@@ -41,7 +41,7 @@ def normalize_exposure(x: torch.Tensor) -> torch.Tensor:
 class PretrainedFeatures(Method):
     """Shared by the methods here: a frozen backbone, exposure normalisation, batched extraction."""
 
-    default_image_size = 256
+    default_image_size = 224  # the networks' ImageNet size; on the tile photos 192-320 measured alike
     augmentation_role = (
         "Not used: the features come from a network trained on ImageNet and are not trained further."
     )
@@ -211,11 +211,12 @@ class PatchCore(PretrainedFeatures):
         "new photo unlike every remembered one lights up the map. Fits in one pass, no training."
     )
     params = [
-        Param("layers", str, "8+16", "Feature maps combined, by stride: 8+16 = 1/8 and 1/16 of the image "
-              "size; finer strides see smaller defects but cost more.", choices=LAYER_CHOICES),
+        Param("layers", str, "16+32", "Feature maps combined, by stride: 16+32 = 1/16 and 1/32 of the image "
+              "size; finer strides (8) draw sharper maps of small defects but see less context and cost more.",
+              choices=LAYER_CHOICES),
         Param("projection_dim", int, 0, "Randomly project patch features to this many dimensions (0: keep all).",
               0, 4096),
-        Param("coreset_ratio", float, 0.01, "Fraction of all normal patches kept in memory (greedy coreset).",
+        Param("coreset_ratio", float, 0.1, "Fraction of all normal patches kept in memory (greedy coreset).",
               0.0001, 1.0, log=True),
         Param("max_bank", int, 16384, "At most this many patches kept in memory (bounds memory and scoring time).",
               64, 1_000_000, log=True),
@@ -289,7 +290,6 @@ class PretrainedGaussian(PretrainedFeatures):
         "Averages ImageNet features over the whole photo and scores how far that average lies from "
         "the normal photos' (Mahalanobis distance). Fast and simple; no map of where."
     )
-    default_image_size = 224
     params = [
         Param("layers", str, "8+16+32", "Feature maps averaged and combined, by stride.", choices=LAYER_CHOICES),
     ]
