@@ -48,8 +48,9 @@ class PretrainedFeatures(Method):
     common_feature_params = [
         Param("backbone", str, "efficientnet_lite0", "ImageNet network the features come from (frozen).",
               choices=tuple(BACKBONES.names())),
-        Param("normalize", str, "image", "image: each photo scaled to the same brightness and contrast first "
-              "(for varying exposure); none: photos as they are.", choices=("image", "none")),
+        Param("normalize", str, "image", "image: each photo brought to the same brightness and contrast "
+              "(median and quartiles) first, for varying exposure; none: photos as they are.",
+              choices=("image", "none")),
         Param("batch_size", int, 16, "Images per forward pass.", 1, 512),
     ]
 
