@@ -33,3 +33,11 @@ def make_tiny_mvtec(root: Path, n_train: int = 10, n_test_good: int = 3, n_defec
         Image.fromarray(img).save(root / f"test/spot/{i:03d}.png")
         Image.fromarray(mask).save(root / f"ground_truth/spot/{i:03d}_mask.png")
     return root
+
+
+def texts(at) -> str:
+    """Every piece of text on an AppTest page, to search for a message."""
+    kinds = ("markdown", "caption", "success", "info", "warning", "error")
+    parts = [e.value for kind in kinds for e in getattr(at, kind)]
+    parts += [f"{m.label}={m.value}" for m in at.metric]
+    return "\n".join(str(p) for p in parts)

@@ -15,11 +15,12 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+
 from adcore import viz
 from adcore.runs import Run, load_run
 from adcore.threshold import default_threshold
 from adcore.training import TrainSpec, train_run
-from tests.helpers import make_tiny_mvtec
+from tests.helpers import make_tiny_mvtec, texts  # noqa: E402
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 TINY = {"image_size": 32, "epochs": 2, "width": 8, "batch_size": 4}
@@ -61,12 +62,6 @@ def open_page(page: str, run_id: str | None = None) -> AppTest:
     assert not at.exception, [e.value for e in at.exception]
     return at
 
-
-def texts(at: AppTest) -> str:
-    kinds = ("markdown", "caption", "success", "info", "warning", "error")
-    parts = [e.value for kind in kinds for e in getattr(at, kind)]
-    parts += [f"{m.label}={m.value}" for m in at.metric]
-    return "\n".join(str(p) for p in parts)
 
 
 def captions(at: AppTest) -> str:

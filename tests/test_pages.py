@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from tests.helpers import texts
+
 from adcore import viz
 from adcore.data import ImageSet, open_image_set
 from adcore.jobs import CANCELLED, FINISHED
@@ -72,13 +74,6 @@ def app_at(page: str | None = None, image_set: ImageSet | None = None) -> AppTes
     assert not at.exception, [e.value for e in at.exception]
     return at
 
-
-def texts(at: AppTest) -> str:
-    """Every piece of text on the page, to search for a message."""
-    kinds = ("markdown", "caption", "success", "info", "warning", "error")
-    parts = [e.value for kind in kinds for e in getattr(at, kind)]
-    parts += [f"{m.label}={m.value}" for m in at.metric]
-    return "\n".join(str(p) for p in parts)
 
 
 def poll(at: AppTest, done, what: str, timeout: float = TIMEOUT_S) -> AppTest:
