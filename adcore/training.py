@@ -106,6 +106,11 @@ def train_run(
         )
     fit_idx, hold_idx = split_holdout(len(normal_records), spec.holdout_fraction, params["seed"])
     fit_images = [normal_images[i] for i in fit_idx]
+    hold_images = [normal_images[i] for i in hold_idx]
+    synth_images, synth_labels = synthetic_defects(hold_images, params["seed"]) if hold_images else ([], [])
+    monitor = {"hold-out normal": hold_images}
+    for label in dict.fromkeys(synth_labels):
+        monitor[label] = [im for im, lab in zip(synth_images, synth_labels) if lab == label]
 
     ctx = FitContext(
         device=device,
@@ -113,6 +118,7 @@ def train_run(
         budget_s=spec.budget_s,
         on_progress=progress,
         stop_event=stop_event,
+        monitor=monitor if hold_images else None,
     )
     t0 = time.monotonic()
     method.fit(fit_images, ctx)
@@ -121,8 +127,6 @@ def train_run(
 
     # Score everything the run will be explored with: fit set, hold-out, test set, synthetic defects.
     test_records, test_images = _load_all(image_set.test, skipped)
-    hold_images = [normal_images[i] for i in hold_idx]
-    synth_images, synth_labels = synthetic_defects(hold_images, params["seed"]) if hold_images else ([], [])
     groups = [
         ("fit", [normal_records[i] for i in fit_idx], fit_images),
         ("holdout", [normal_records[i] for i in hold_idx], hold_images),

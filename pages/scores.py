@@ -334,4 +334,9 @@ history = score_history(run)
 if history is None:
     st.caption("This run recorded no scores during training, so there is no per-epoch view of how they developed.")
 else:
+    st.caption(
+        "Hold-out normal images and synthetic defects pasted onto them, scored by the model as it was after "
+        "those epochs: the boxes should move apart as training goes on. Early scores may be on another scale "
+        "than the final ones (a method may calibrate its maps once training ends)."
+    )
     st.plotly_chart(viz.score_history_figure(history), key="scores.history")

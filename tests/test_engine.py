@@ -14,6 +14,7 @@ from adcore.cli import main as cli_main
 from adcore.jobs import CANCELLED, FAILED, FINISHED, JobManager
 from adcore.methods import DEFAULT_METHOD, Cancelled, FitContext, build_method, get_method_class, list_methods
 from adcore.methods.autoencoder import Autoencoder
+from adcore.methods.base import snapshot_epochs
 from adcore.runs import list_runs, load_run
 from adcore.training import TrainSpec, split_holdout, train_run
 from tests.helpers import make_tiny_mvtec, textured
@@ -62,6 +63,12 @@ def test_constructor_does_no_work_and_stores_params():
     assert not hasattr(method, "net_")
 
 
+def test_snapshot_epochs_are_spread_and_include_the_last():
+    assert snapshot_epochs(40, 6) == {7, 13, 20, 27, 33, 40}
+    assert snapshot_epochs(2, 6) == {1, 2}
+    assert snapshot_epochs(0, 6) == set()
+
+
 def test_holdout_split_is_disjoint_deterministic_and_keeps_two_for_fitting():
     fit, hold = split_holdout(10, 0.2, seed=3)
     assert len(hold) == 2 and len(fit) == 8 and not set(fit) & set(hold)
@@ -85,7 +92,14 @@ def test_train_run_writes_a_complete_run(tiny_set, tmp_path):
     assert run.results["anomaly_map"].shape[0] == len(roles)
     assert run.results["embedding"].shape[0] == len(roles)
     assert {e["phase"] for e in events} >= {"loading images", "training", "scoring", "saving"}
-    assert run.history and all(h["loss"] is not None for h in run.history)
+    losses = [h for h in run.history if h["phase"] == "training"]
+    assert losses and all(h["loss"] is not None for h in losses)
+    # Hold-out normals and synthetic defects scored after each of the two epochs, for the Scores page.
+    snapshots = [h for h in run.history if h["phase"] == "epoch scores"]
+    assert [h["epoch"] for h in snapshots] == [1, 2]
+    assert {g: len(v) for g, v in snapshots[-1]["scores"].items()} == {
+        "hold-out normal": 2, "synthetic cutpaste": 2, "synthetic cutpaste scar": 2
+    }
     assert set(run.config["metrics"]) == {"image_auroc", "image_aupr", "image_f1_max", "pixel_auroc"}
     assert not any(p.name.startswith(".") for p in (tmp_path / "runs").iterdir())
 

@@ -99,6 +99,10 @@ def test_every_page_renders_for_a_labelled_run(runs, page):
         assert "16-number embedding" in texts(at)
     if page == "pages/scores.py":
         assert confusion(at)[0][0] + confusion(at)[0][1] == 3  # 3 test defects
+        charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+        history = next(c for c in charts if c["layout"]["title"]["text"] == "Scores during training")
+        assert {t["name"] for t in history["data"]} >= {"hold-out normal"}
+        assert "recorded no scores" not in texts(at)
     if page == "pages/inspect.py":
         assert {"Anomaly score", "Decision", "Image threshold"} <= {m.label for m in at.metric}
         assert len(at.image) >= 3  # original, heat map (+ colour bar), predicted region

@@ -139,6 +139,7 @@ class Autoencoder(Method):
                 if ctx.out_of_budget():
                     break
             else:
+                self.record_epoch_scores(ctx, epoch + 1, cfg["epochs"])
                 continue
             break
         net.eval()

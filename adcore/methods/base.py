@@ -44,6 +44,10 @@ class FitContext:
     history: list[dict] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     stopped_by_budget: bool = False  # set when a method ended training early because of budget_s
+    # Images scored after some epochs, by group (e.g. hold-out normals, synthetic defects), so the run
+    # shows how the score distributions separate during training; ``snapshots`` epochs, spread evenly.
+    monitor: dict[str, Sequence[np.ndarray]] | None = None
+    snapshots: int = 6
 
     def check_cancel(self) -> None:
         if self.stop_event.is_set():
@@ -255,6 +259,35 @@ class Method:
         """Image-level anomaly scores only (higher = more anomalous)."""
         return self.predict(images, batch_size).scores
 
+    def record_epoch_scores(self, ctx: FitContext, epoch: int, epochs: int) -> None:
+        """After epoch ``epoch`` (1-based) of ``epochs``: score ``ctx.monitor``'s images and add the
+        distributions to the history, on ``ctx.snapshots`` evenly spread epochs (always the last).
+
+        Networks are put in eval mode for the scoring and restored after. A no-op without monitor images.
+        """
+        if not ctx.monitor or epoch not in snapshot_epochs(epochs, ctx.snapshots):
+            return
+        modules = [m for m in vars(self).values() if isinstance(m, torch.nn.Module)]
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        size, scores = self.config_["image_size"], {}
+        try:
+            with torch.inference_mode():
+                for group, images in ctx.monitor.items():
+                    parts = [
+                        self._predict_batch(to_tensor(resize_images(images[i : i + 32], size), self.device_))["scores"]
+                        for i in range(0, len(images), 32)
+                    ]
+                    scores[group] = torch.cat(parts).double().cpu().tolist() if parts else []
+        finally:
+            for m, mode in zip(modules, modes):
+                m.train(mode)
+        ctx.history.append(
+            {"epoch": epoch, "phase": "epoch scores", "scores": scores, "elapsed_s": time.monotonic() - ctx.started}
+        )
+        ctx.check_cancel()
+
     # -- persistence ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Everything learned, as plain tensors (saved with safetensors, never pickled)."""
@@ -292,6 +325,13 @@ class Method:
     def _check_fitted(self) -> None:
         if not hasattr(self, "config_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or load a run first")
+
+
+def snapshot_epochs(epochs: int, count: int) -> set[int]:
+    """``count`` epochs out of 1..``epochs``, evenly spread, always including the last."""
+    if epochs < 1 or count < 1:
+        return set()
+    return {int(round(epochs * (i + 1) / min(count, epochs))) for i in range(min(count, epochs))}
 
 
 METHODS: Registry[type[Method]] = Registry("method")
