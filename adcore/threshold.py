@@ -248,8 +248,12 @@ def false_alarm_estimate(
         f"{verb} {n} {source}: expect about {format_percent(expected)} false alarms "
         f"(95 % CI {format_percent(low)}–{format_percent(high)})."
     )
-    if high > 2 * expected:
-        sentence += f" With this few {_short(source)} the rate is uncertain; add normal images to tighten it."
+    needed = normal_images_for_precision(expected)
+    if needed > n:
+        sentence += (
+            f" The interval is wide for {n} {_short(source)}: about {needed} would narrow it to "
+            f"roughly ±{format_percent(expected / 2)}."
+        )
     return FalseAlarmEstimate(
         threshold=t,
         n=n,
@@ -528,6 +532,14 @@ def format_percent(rate: float) -> str:
     if p < 9.5:
         return f"{float(f'{p:.1g}'):g} %"
     return f"{p:.0f} %"
+
+
+def normal_images_for_precision(rate: float, relative_half_width: float = 0.5) -> int:
+    """About how many normal images pin a false-alarm ``rate`` to within ±``relative_half_width`` of
+    itself (95 %, normal approximation to the binomial), rounded to two significant figures."""
+    rate = float(np.clip(rate, 1e-6, 1 - 1e-6))
+    n = 1.96**2 * (1 - rate) / (rate * relative_half_width**2)
+    return int(float(f"{n:.2g}"))
 
 
 def _short(source: str) -> str:

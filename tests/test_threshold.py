@@ -176,9 +176,15 @@ def test_the_sentence_shown_on_the_page():
     threshold = threshold_for_false_alarm_rate(normal, 0.07)  # floor(0.07 * 16) = 1: the largest
     assert threshold.details["sentence"] == (
         "Set from 16 normal images held out from training: expect about 6 % false alarms "
-        "(95 % CI 0.2 %–30 %). With this few hold-out images the rate is uncertain; "
-        "add normal images to tighten it."
+        "(95 % CI 0.2 %–30 %). The interval is wide for 16 hold-out images: about 250 would narrow it "
+        "to roughly ±3 %."
     )
+    middle = threshold_for_false_alarm_rate(np.random.default_rng(3).normal(size=140), 0.05)
+    assert middle.details["sentence"].endswith(
+        "The interval is wide for 140 hold-out images: about 290 would narrow it to roughly ±2 %."
+    )
+    enough = threshold_for_false_alarm_rate(np.random.default_rng(3).normal(size=400), 0.05)
+    assert "wide" not in enough.details["sentence"]
     assert threshold.how == "7 % target false-alarm rate: the highest of 16 hold-out images (flags 1)"
     many = threshold_for_false_alarm_rate(np.random.default_rng(4).normal(size=2000), 0.05)
     assert many.details["sentence"] == (
