@@ -208,6 +208,26 @@ def export_run(
     score by an embedding scorer fitted on the run's "fit" embeddings. ``threshold`` defaults to
     ``run_threshold`` on the scores the model will give (the scorer's, where there is one).
     """
+    data = export_bytes(run, threshold=threshold, scorer=scorer)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def export_bytes(
+    run: Run | Path | str, *, threshold: Threshold | None = None, scorer: ScorerSpec | None = None
+) -> bytes:
+    """The model file of ``run`` as bytes (what ``export_run`` writes), e.g. for a download button."""
     run = run if isinstance(run, Run) else load_run(run)
     method = run.load_method(torch.device("cpu"))
     params = method.get_params()
@@ -253,20 +273,7 @@ def export_run(
             "python": platform.python_version(),
         },
     }
-    data = _serialise(tensors, header)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return _serialise(tensors, header)
 
 
 def _backbone_fingerprint(method: Method) -> dict | None:
@@ -409,7 +416,15 @@ def read_model_bytes(data: bytes, name: str = "the model file") -> tuple[dict, d
 def load_model(path: Path | str, device: torch.device | str = "auto") -> LoadedModel:
     """Verify and load a model file; the method is rebuilt from the file's parameters and weights."""
     path = Path(path)
-    header, tensors = read_model_file(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    return load_model_bytes(path.read_bytes(), path.name, device)
+
+
+def load_model_bytes(data: bytes, name: str = "model.adcore", device: torch.device | str = "auto") -> LoadedModel:
+    """``load_model`` for the file's bytes (an upload); ``name`` names it in messages."""
+    path = Path(name)
+    header, tensors = read_model_bytes(data, path.name)
     device = pick_device(device) if isinstance(device, str) else device
     try:
         spec = header["method"]

@@ -29,6 +29,7 @@ class Entry:
     threshold: Threshold
     point: Any  # OperatingPoint on the labelled test images, or None
     row: dict[str, Any]
+    choice: dict[str, Any] | None  # the embedding scorer chosen on the Scores page, None: the method's own
 
     @property
     def label(self) -> str:
@@ -50,7 +51,7 @@ def entries() -> list[Entry]:
         point = ctx.real.at(threshold.value) if ctx.real is not None else None
         defaults = {p.name: p.default for p in get_method_class(run.method_name).param_specs()}
         row = viz.comparison_row(run.config, run.run_id, defaults, threshold.value, point)
-        out.append(Entry(run, ctx, threshold, point, row))
+        out.append(Entry(run, ctx, threshold, point, row, choice))
     return out
 
 
@@ -154,6 +155,55 @@ def side_by_side(items: list[Entry], view: str, presentation: bool) -> None:
                 st.plotly_chart(figure, key=f"compare.dist.{e.run.run_id}")
 
 
+def hand_off(items: list[Entry], default: str | None) -> None:
+    """Download one run as a model file (for ``python -m adcore score --model``) or an HTML report,
+    both with the scorer and threshold chosen on the Scores page."""
+    st.subheader("Export the model and a report")
+    ids = [e.run.run_id for e in items]
+    by_id = {e.run.run_id: e for e in items}
+    c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
+    run_id = c1.selectbox(
+        "Run", ids, index=ids.index(default) if default in ids else 0, format_func=lambda i: by_id[i].label,
+        key="compare.handoff",
+    )  # fmt: skip
+    entry = by_id[run_id]
+    stem = entry.run.run_id
+    with c2:
+        st.download_button(
+            "Model file", data=lambda: model_file(entry), file_name=f"{stem}.adcore",
+            mime="application/octet-stream", icon=":material/download:", on_click="ignore", width="stretch",
+            help="One file with the weights (safetensors), preprocessing, scorer and threshold. Score a folder "
+            "with `python -m adcore score --model FILE --images DIR --out scores.csv`, or load it on Inspect.",
+        )  # fmt: skip
+    with c3:
+        st.download_button(
+            "HTML report", data=lambda: report_html(entry), file_name=f"{stem}-report.html", mime="text/html",
+            icon=":material/description:", on_click="ignore", width="stretch",
+            help="One self-contained page (no network needed) with the set-up, metrics, threshold, plots and the "
+            "most anomalous images with their heat maps: for people without the dashboard.",
+        )  # fmt: skip
+    st.caption(
+        f"Both use {common.scorer_title(entry.choice)} and the threshold {entry.threshold.value:.4g} "
+        f"({entry.threshold.how}); change them on the Scores page."
+    )
+
+
+def model_file(entry: Entry) -> bytes:
+    from adcore.export import ScorerSpec, export_bytes
+
+    run = common.load_run_cached(entry.run.path)
+    spec = None if entry.choice is None else ScorerSpec(entry.choice["name"], dict(entry.choice.get("params") or {}))
+    return export_bytes(run, threshold=entry.threshold, scorer=spec)
+
+
+def report_html(entry: Entry) -> str:
+    from adcore.report import build_report
+
+    run = common.load_run_cached(entry.run.path)
+    return build_report(run, scores=entry.ctx.scores, threshold=entry.threshold,
+                        scored_by=common.scorer_title(entry.choice))  # fmt: skip
+
+
 # --- the page -----------------------------------------------------------------------------------
 
 title_col, toggle_col = st.columns([4, 1], vertical_alignment="bottom")
@@ -196,3 +246,6 @@ elif len(chosen) < 2:
     st.info("Pick two or more runs to see them side by side." + hint)
 else:
     side_by_side(chosen, view, presentation)
+
+if not presentation:
+    hand_off(items, st.session_state.get("selected_run") or (picked[0] if picked else None))

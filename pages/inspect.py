@@ -14,7 +14,7 @@ import torch
 
 from adcore import viz
 from adcore.data import ImageError, load_image, load_mask
-from adcore.export import map_display_range
+from adcore.export import LoadedModel, load_model_bytes, map_display_range
 from adcore.methods import Method, get_method_class
 from adcore.runs import Run
 from pages import common
@@ -124,10 +124,10 @@ def show_views(image: np.ndarray, anomaly_map: np.ndarray | None, mask: np.ndarr
         cols[3].image(picture, caption=caption, width="stretch")
 
 
-def decision_metrics(score: float, threshold, reference: np.ndarray, kind: str | None = None) -> None:
+def decision_metrics(score: float, threshold, reference: np.ndarray | None, kind: str | None = None) -> None:
     """Score, decision (and, where the image's ``kind`` is known, whether that decision is right)."""
     flagged = score >= threshold.value
-    below = int(np.count_nonzero(reference < score))
+    below = 0 if reference is None else int(np.count_nonzero(reference < score))
     verdict = None
     if kind is not None:
         defect = kind != "normal"
@@ -142,9 +142,10 @@ def decision_metrics(score: float, threshold, reference: np.ndarray, kind: str |
             help=f"Flagged when the score is at or above the image threshold {threshold.value:.4g} ({threshold.how}).",
         )  # fmt: skip
         st.metric("Image threshold", f"{threshold.value:.4g}", border=True, help=threshold.how)
-        st.metric("Normals scoring lower", f"{below} of {reference.size}", border=True,
-                  help="How many of the normal images the threshold is set from (held out from training) score "
-                  "lower than this image.")  # fmt: skip
+        if reference is not None:
+            st.metric("Normals scoring lower", f"{below} of {reference.size}", border=True,
+                      help="How many of the normal images the threshold is set from (held out from training) "
+                      "score lower than this image.")  # fmt: skip
 
 
 # --- browsing a run's images ----------------------------------------------------------------------
@@ -250,15 +251,60 @@ def show_row(run: Run, ctx: viz.ScoreContext, row: int, controls: dict[str, Any]
         )
 
 
+@st.cache_resource(show_spinner="Checking and loading the model file…", max_entries=2)
+def _model_file(digest: str, name: str, _data: bytes) -> LoadedModel:
+    return load_model_bytes(_data, name, device=torch.device("cpu"))
+
+
+@st.cache_data(show_spinner="Running the model file on this image…", max_entries=32)
+def predict_with_file(digest: str, image_key: str, _model: LoadedModel, _image: np.ndarray) -> dict[str, Any]:
+    prediction = _model.predict([_image])
+    return {
+        "score": float(prediction.scores[0]),
+        "map": None if prediction.anomaly_maps is None else prediction.anomaly_maps[0],
+        "reconstruction": None if prediction.reconstructions is None else prediction.reconstructions[0],
+    }
+
+
+def exported_model() -> tuple[str, LoadedModel] | None:
+    """A model file (``.adcore``, from Compare or ``python -m adcore export``) dropped by the user."""
+    upload = st.file_uploader(
+        "Model file (.adcore)", type=["adcore"], key="inspect.model_file",
+        help="Exported from the Compare page or with `python -m adcore export`. It is checked (format, "
+        "checksum) before use, and nothing in it is ever executed.",
+    )  # fmt: skip
+    if upload is None:
+        return None
+    data = upload.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        model = _model_file(digest, upload.name, data)
+    except ValueError as exc:
+        st.error(str(exc), icon=":material/gpp_bad:")
+        return None
+    header = model.config
+    st.caption(
+        f"{upload.name}: {header['method']['name']} from run {header.get('source_run', {}).get('run_id', '?')}, "
+        f"threshold {model.threshold.value:.4g} ({model.threshold.how})."
+    )
+    return digest, model
+
+
 def score_new_image(run: Run, ctx: viz.ScoreContext, controls: dict[str, Any], threshold) -> None:
     st.subheader("Score a new image")
+    source = st.segmented_control(
+        "Score with", ["This run", "A model file"], default="This run", key="inspect.score_with",
+    ) or "This run"  # fmt: skip
+    model = exported_model() if source == "A model file" else None
+    if source == "A model file" and model is None:
+        st.caption("Drop a model file to score new images with it, at its own exported threshold.")
+        return
     upload = st.file_uploader(
-        "Drop an image to score it with this run's model",
-        type=["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"],
-        key="inspect.upload",
-    )
+        "Drop an image to score it", type=["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"], key="inspect.upload",
+    )  # fmt: skip
     if upload is None:
-        st.caption("The image is scored with the run's model and judged at the threshold in use for this run.")
+        what = "the model file" if model else "the run's model"
+        st.caption(f"The image is scored with {what} and judged at its threshold.")
         return
     data = upload.getvalue()
     try:
@@ -267,10 +313,20 @@ def score_new_image(run: Run, ctx: viz.ScoreContext, controls: dict[str, Any], t
         st.error(f"{upload.name}: {exc}")
         return
     key = "upload:" + hashlib.sha256(data).hexdigest()
-    out = predict_one(str(run.path), common.run_version(run), key, image)
     st.markdown(f"**{upload.name}** · {image.shape[1]}×{image.shape[0]} px")
-    decision_metrics(out["score"], threshold, ctx.scores[ctx.reference_rows])
-    show_views(image, out["map"], None, controls, lambda: out["reconstruction"])
+    if model is None:
+        out = predict_one(str(run.path), common.run_version(run), key, image)
+        decision_metrics(out["score"], threshold, ctx.scores[ctx.reference_rows])
+        show_views(image, out["map"], None, controls, lambda: out["reconstruction"])
+        return
+    digest, loaded = model
+    out = predict_with_file(digest, key, loaded, image)
+    decision_metrics(out["score"], loaded.threshold, None)
+    # The run's pixel slider is on the run's scale: a model file's region is drawn at its own "hottest
+    # hold-out normal pixel".
+    display = loaded.map_display
+    own = {**controls, "display": display, "pixel": None if display is None else display["high"]}
+    show_views(image, out["map"], None, own, lambda: out["reconstruction"])
 
 
 # --- the page -----------------------------------------------------------------------------------

@@ -210,6 +210,7 @@ def test_data_augment_train_in_a_browser(app_url):
             _screenshot(page, "train")
 
             _explore_the_run(page, expect)
+            _hand_it_on(browser, page, expect)
         finally:
             browser.close()
 
@@ -278,6 +279,55 @@ def _explore_the_run(page, expect) -> None:
     expect(page.get_by_test_id("stDataFrame")).to_have_count(0)
     _page_ready(page, "Compare runs")
     _still_screenshot(page, "compare-presentation")
+
+
+def _hand_it_on(browser, page, expect) -> None:
+    """Compare's downloads: the HTML report opens offline with its plots drawn; the model file loads
+    on Inspect and scores a dropped image."""
+    _go(page, "Compare", "Compare runs")
+    page.get_by_text("Presentation view").click()  # back to the full view, where the downloads are
+    expect(page.get_by_role("button", name="HTML report")).to_be_visible()
+    with page.expect_download(timeout=120_000) as report:
+        page.get_by_role("button", name="HTML report").click()
+    report_path = SCREENSHOTS.parent / "report.html"
+    report.value.save_as(report_path)
+    with page.expect_download(timeout=120_000) as model:
+        page.get_by_role("button", name="Model file").click()
+    model_path = SCREENSHOTS.parent / "model.adcore"
+    model.value.save_as(model_path)
+
+    offline = browser.new_context(viewport={"width": 1300, "height": 900}, offline=True)
+    try:
+        fetched = []
+        view = offline.new_page()
+        view.on("request", lambda r: fetched.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
+        view.goto(report_path.resolve().as_uri())
+        expect(view.get_by_role("heading", name="Top 8 anomalies")).to_be_visible()
+        expect(view.locator(".js-plotly-plot .main-svg").first).to_be_visible(timeout=30_000)
+        assert view.locator(".js-plotly-plot").count() >= 4, "distributions, ROC, PR and the embedding map"
+        assert view.locator(".tile img").count() == 16, "8 anomalies, each photo and heat map"
+        assert fetched == [], f"the report fetched {fetched}"
+        view.wait_for_timeout(500)
+        view.screenshot(path=SCREENSHOTS / "report.png", full_page=True)
+    finally:
+        offline.close()
+
+    _go(page, "Inspect")
+    page.get_by_text("A model file", exact=True).click()
+    _upload(page, "Model file (.adcore)", model_path)
+    expect(page.get_by_text("model.adcore: autoencoder from run")).to_be_visible(timeout=60_000)
+    _upload(page, "Drop an image to score it", ROOT / "sample_data/test/dent/000.jpg")
+    expect(page.get_by_text("000.jpg", exact=False).first).to_be_visible(timeout=60_000)
+    expect(page.get_by_test_id("stMetric").filter(has_text="Anomaly score")).to_have_count(2, timeout=60_000)
+    _page_ready(page, "Inspect")
+    _still_screenshot(page, "inspect-model-file")
+
+
+def _upload(page, label: str, path: Path) -> None:
+    """Choose ``path`` in the file uploader called ``label``, through its Upload button."""
+    with page.expect_file_chooser() as chooser:
+        page.get_by_role("region", name=label).get_by_role("button", name="Upload", exact=True).click()
+    chooser.value.set_files(str(path))
 
 
 def _still_screenshot(page, name: str) -> None:

@@ -363,3 +363,32 @@ def test_a_run_without_embeddings_or_maps(runs, tmp_path, monkeypatch):
     assert not [s for s in at.selectbox if s.label == "Image score"], "no embedding scorers without embeddings"
     at = open_page("pages/inspect.py", runs["labelled"])
     assert "This method gives no anomaly map" in texts(at)
+
+
+def test_inspect_scores_with_a_model_file_and_refuses_a_bad_one(runs, tmp_path):
+    from adcore.export import export_run
+
+    model = export_run(runs["root"] / runs["labelled"], tmp_path / "m.adcore").read_bytes()
+    at = open_page("pages/inspect.py", runs["labelled"])
+    rerun(at.segmented_control(key="inspect.score_with").set_value("A model file"))
+    broken = bytearray(model)
+    broken[len(broken) // 2] ^= 0xFF
+    rerun(at.file_uploader(key="inspect.model_file").set_value([("m.adcore", bytes(broken), "application/octet-stream")]))
+    assert any("m.adcore is damaged or was modified" in e.value for e in at.error), [e.value for e in at.error]
+    rerun(at.file_uploader(key="inspect.model_file").set_value([("m.adcore", model, "application/octet-stream")]))
+    assert not at.error and "m.adcore: autoencoder from run" in texts(at)
+    png = io.BytesIO()
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(png, format="PNG")
+    rerun(at.file_uploader(key="inspect.upload").set_value([("part.png", png.getvalue(), "image/png")]))
+    from adcore.export import run_threshold
+
+    exported = run_threshold(load_run(runs["root"] / runs["labelled"]))
+    assert [m.label for m in at.metric][-3:] == ["Anomaly score", "Decision", "Image threshold"]
+    assert at.metric[-1].value == f"{exported.value:.4g}", "judged at the file's own threshold"
+
+
+def test_compare_offers_the_model_file_and_report_downloads(runs):
+    at = open_page("pages/compare.py", runs["labelled"])
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Model file", "HTML report"]
+    assert at.selectbox(key="compare.handoff").value == runs["labelled"]
