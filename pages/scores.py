@@ -332,7 +332,10 @@ threshold_panel(run, ctx, choice)
 st.subheader("Scores during training")
 history = score_history(run)
 if history is None:
-    st.caption("This run recorded no scores during training, so there is no per-epoch view of how they developed.")
+    st.caption(
+        "This run recorded no scores during training: its method has no training epochs (it fits in one pass, "
+        "like PatchCore) or the run kept no normal images back to score."
+    )
 else:
     st.caption(
         "Hold-out normal images and synthetic defects pasted onto them, scored by the model as it was after "
