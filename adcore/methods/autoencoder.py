@@ -72,6 +72,32 @@ def top_k_mean(maps: torch.Tensor, fraction: float) -> torch.Tensor:
     return flat.topk(k, dim=1).values.mean(1)
 
 
+SCORE_STATISTICS = ("top_mean", "max", "mean")
+
+
+def map_statistic(maps: torch.Tensor, statistic: str, fraction: float) -> torch.Tensor:
+    """(B, H, W) anomaly maps -> (B,) image scores: ``top_mean`` (mean of the top ``fraction`` of
+    pixels), ``max`` (the hottest pixel: sharpest for tiny defects, least robust) or ``mean`` (the
+    whole map: for defects that cover much of the part)."""
+    if statistic == "top_mean":
+        return top_k_mean(maps, fraction)
+    if statistic == "max":
+        return maps.flatten(1).max(1).values
+    if statistic == "mean":
+        return maps.flatten(1).mean(1)
+    raise ValueError(f"unknown score statistic {statistic!r}; known: {', '.join(SCORE_STATISTICS)}")
+
+
+def map_score_params(top_fraction: float = 0.01) -> list[Param]:
+    """The image-score parameters every map-based method here shares."""
+    return [
+        Param("score_statistic", str, "top_mean", "Image score from the map: top_mean = mean of the hottest "
+              "top_fraction of pixels; max = the hottest pixel; mean = the whole map.", choices=SCORE_STATISTICS),
+        Param("top_fraction", float, top_fraction, "For top_mean: the fraction of map pixels averaged.",
+              1e-4, 1.0, log=True),
+    ]
+
+
 @register_method
 class Autoencoder(Method):
     name = "autoencoder"
@@ -93,16 +119,20 @@ class Autoencoder(Method):
         Param("latent_channels", int, 16, "Channels of the bottleneck at 1/16 of the image size.", 1, 256),
         Param("loss", str, "mse+ssim", "Reconstruction loss.", choices=("mse", "mse+ssim")),
         Param("map_sigma", float, 2.0, "Gaussian smoothing of the difference map, in pixels at image_size.", 0.0, 16.0),
-        Param("top_fraction", float, 0.01, "Image score = mean of this top fraction of map pixels.", 1e-4, 1.0, log=True),
+        *map_score_params(0.01),
     ]
 
     def _build(self) -> None:
         cfg = self.config_
-        self.net_ = ConvAutoencoder(cfg["width"], cfg["latent_channels"]).to(self.device_)
+        self.net_ = self._build_network().to(self.device_)
         size = cfg["image_size"]
         # Per-pixel statistics of the difference on normal images: the map is a z-score against them.
         self.err_mean_ = torch.zeros(size, size, device=self.device_)
         self.err_std_ = torch.ones(size, size, device=self.device_)
+
+    def _build_network(self) -> nn.Module:
+        """The network: ``net(x)`` returns (reconstruction, latent); ``net.encoder`` maps x to the latent."""
+        return ConvAutoencoder(self.config_["width"], self.config_["latent_channels"])
 
     def _raw_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
         diff = (x - recon).abs().mean(1)
@@ -122,10 +152,7 @@ class Autoencoder(Method):
         for epoch in range(cfg["epochs"]):
             for idx in epoch_batches(len(images), cfg["batch_size"], self.rng_):
                 x = to_tensor(augment_batch(images[idx], self.augmentations_, self.rng_), device)
-                recon, _ = net(x)
-                loss = F.mse_loss(recon, x)
-                if cfg["loss"] == "mse+ssim":
-                    loss = loss + (1 - ssim_map(x, recon).mean()) * 0.5
+                loss = self._training_loss(x)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -144,6 +171,23 @@ class Autoencoder(Method):
             break
         net.eval()
         self._fit_error_statistics(images, ctx)
+
+    def _reconstruction_loss(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        loss = F.mse_loss(recon, x)
+        if self.config_["loss"] == "mse+ssim":
+            loss = loss + (1 - ssim_map(x, recon).mean()) * 0.5
+        return loss
+
+    def _training_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The loss of one training batch ``x`` (B, 3, S, S); subclasses add their own terms."""
+        return self._reconstruction_loss(x, self.net_(x)[0])
+
+    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] -> the encoder's latent (B, latent_channels, S/16, S/16): lets a
+        student-teacher run use this autoencoder as its teacher."""
+        self._check_fitted()
+        self.net_.eval()
+        return self.net_.encoder(x)
 
     def _fit_error_statistics(self, images: np.ndarray, ctx: FitContext) -> None:
         """Mean and spread of the raw difference at each pixel over the normal images."""
@@ -164,7 +208,7 @@ class Autoencoder(Method):
         recon, z = self.net_(x)
         maps = (self._raw_map(x, recon) - self.err_mean_) / self.err_std_
         return {
-            "scores": top_k_mean(maps, self.config_["top_fraction"]),
+            "scores": map_statistic(maps, self.config_["score_statistic"], self.config_["top_fraction"]),
             "embeddings": F.adaptive_avg_pool2d(z, 1).flatten(1),
             "maps": maps,
             "reconstructions": recon,
