@@ -6,6 +6,7 @@ Everything here reads the run's stored scores; a threshold move only recomputes 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -301,6 +302,44 @@ def show_gallery(run: Run, ctx: viz.ScoreContext, view: viz.ThresholdView, prefi
             common.show_rows(run, ctx, rows, key=f"{prefix}.gallery{i}")
 
 
+def few_shot(run: Run, ctx: viz.ScoreContext) -> None:
+    """A random forest on histograms of the heat maps, cross-validated over the labelled images."""
+    if not ctx.has_real_defects:
+        st.caption("Once some labelled defect images are in the test set, a classifier can learn from their heat "
+                   "maps here and be measured by cross-validation.")  # fmt: skip
+        return
+    st.caption(
+        "Learns from the labelled hold-out and test images (never the training images) with a random forest on "
+        "histograms of their heat maps. Each image is scored by a forest fitted on the other folds only, so the "
+        "AUROC below is honest; compare it with the run's own score on the same images."
+    )
+    if not st.button("Cross-validate a classifier on the heat maps", key="scores.fewshot"):
+        return
+    try:
+        result = few_shot_result(str(run.path), common.run_version(run))
+    except ValueError as exc:
+        st.warning(str(exc), icon=":material/info:")
+        return
+    with st.container(horizontal=True):
+        st.metric("Classifier AUROC (out of fold)", auroc_text(result["auroc"]), border=True)
+        st.metric("The run's own score, same images", auroc_text(result["baseline"]), border=True)
+    st.dataframe(result["folds"], hide_index=True)
+
+
+@st.cache_data(show_spinner="Cross-validating a random forest on the heat maps…", max_entries=8)
+def few_shot_result(path: str, version: int) -> dict[str, Any]:
+    from adcore.fewshot import cross_validate
+
+    result = cross_validate(common.load_run_cached(Path(path)).results)
+    folds = [{"fold": f["fold"] + 1, "fitted on": f["n_fit"], "scored": f["n_scored"], "defects scored":
+              f["defects_scored"], "AUROC": f["auroc"]} for f in result.folds]  # fmt: skip
+    return {"auroc": result.image_auroc, "baseline": result.baseline_auroc, "folds": folds}
+
+
+def auroc_text(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 # --- the page -----------------------------------------------------------------------------------
 
 st.title("Scores & threshold")
@@ -343,3 +382,6 @@ else:
         "than the final ones (a method may calibrate its maps once training ends)."
     )
     st.plotly_chart(viz.score_history_figure(history), key="scores.history")
+
+st.subheader("With a few labelled defects")
+few_shot(run, ctx)

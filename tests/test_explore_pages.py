@@ -392,3 +392,15 @@ def test_compare_offers_the_model_file_and_report_downloads(runs):
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["Model file", "HTML report"]
     assert at.selectbox(key="compare.handoff").value == runs["labelled"]
+
+
+def test_few_shot_classifier_is_cross_validated_on_the_scores_page(runs):
+    at = open_page("pages/scores.py", runs["labelled"])
+    rerun(at.button(key="scores.fewshot").click())
+    labels = [m.label for m in at.metric]
+    assert "Classifier AUROC (out of fold)" in labels and "The run's own score, same images" in labels
+    folds = at.dataframe[-1].value
+    # 2 hold-out + 3 test normals and 3 defects: 3 folds, every labelled image scored exactly once.
+    assert folds["scored"].sum() == 8 and len(folds) == 3
+    normal = open_page("pages/scores.py", runs["normal"])
+    assert "Once some labelled defect images" in texts(normal)
