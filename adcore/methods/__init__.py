@@ -12,6 +12,8 @@ from adcore.methods import patchcore  # noqa: F401  (registers "patchcore", "pre
 from adcore.methods import memae  # noqa: F401  (registers "memae")
 from adcore.methods import gan  # noqa: F401  (registers "ognet")
 from adcore.methods import student_teacher  # noqa: F401  (registers "student_teacher")
+from adcore.methods import contrastive  # noqa: F401  (registers "contrastive")
+from adcore.methods import cutpaste  # noqa: F401  (registers "cutpaste")
 
 DEFAULT_METHOD = "autoencoder"
 
