@@ -372,8 +372,9 @@ st.subheader("Scores during training")
 history = score_history(run)
 if history is None:
     st.caption(
-        "This run recorded no scores during training: its method has no training epochs (it fits in one pass, "
-        "like PatchCore) or the run kept no normal images back to score."
+        "This run recorded no scores during training: its method fits in one pass (like PatchCore) or does not "
+        "record them (contrastive and CutPaste score only once their Gaussian is fitted), or no normal images "
+        "were held out to score."
     )
 else:
     st.caption(

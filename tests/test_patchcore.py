@@ -20,14 +20,6 @@ from tests.helpers import textured
 TINY = {"image_size": 128, "layers": "8+16", "coreset_ratio": 0.25, "map_sigma": 2.0, "batch_size": 4}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two intra-op threads on a shared 2-core machine spin against each other.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def normal_images():

@@ -26,13 +26,6 @@ TINY = {
 SQUARE = (30, 14, 10)  # top, left, side of the pasted defect on a 64 px image
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def normal_images():

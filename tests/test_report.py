@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from adcore.cli import main as cli_main
 from adcore.export import run_threshold
@@ -24,12 +23,7 @@ TINY = {"image_size": 32, "epochs": 2, "width": 8, "batch_size": 4}
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield train_run(TrainSpec(data=str(make_tiny_mvtec(root / "set")), params=TINY, name="tiny"), root / "runs")
-    finally:
-        torch.set_num_threads(threads)
+    return train_run(TrainSpec(data=str(make_tiny_mvtec(root / "set")), params=TINY, name="tiny"), root / "runs")
 
 
 def markup(page: str) -> str:
@@ -95,7 +89,6 @@ def test_saved_threshold_and_a_run_whose_images_are_gone(run_dir, tmp_path):
 
 
 def test_a_normal_only_run_reports_without_a_confusion_matrix(tmp_path):
-    torch.set_num_threads(1)
     data = make_tiny_mvtec(tmp_path / "set", n_train=12, n_defect=0)
     run = load_run(train_run(TrainSpec(data=str(data), params=TINY), tmp_path / "runs"))
     page = build_report(run, embedding_map=False)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adcore.backbones import BACKBONES, load_backbone
+from adcore.encoders import warmup_cosine
 from adcore.methods.autoencoder import map_score_params, map_statistic
 from adcore.methods.base import (
     FitContext,
@@ -102,13 +103,6 @@ class Student(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-def warmup_cosine(progress: float, warmup: float = 0.05) -> float:
-    """Learning-rate factor at ``progress`` (0..1) of training: linear warm-up, then cosine to 0."""
-    if progress < warmup:
-        return (progress + 1e-3) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
 
 
 def regression_error_and_variance(predictions: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,7 +267,7 @@ class StudentTeacher(Method):
                     ctx.stopped_by_budget = True
                     break
                 for group in opt.param_groups:
-                    group["lr"] = cfg["learning_rate"] * warmup_cosine(progress)
+                    group["lr"] = cfg["learning_rate"] * warmup_cosine(progress, 0.05)
                 x = to_tensor(images[idx], device)
                 target = targets[torch.from_numpy(idx).to(device)]
                 predictions = self._student_predictions(x)
