@@ -313,7 +313,10 @@ def few_shot(run: Run, ctx: viz.ScoreContext) -> None:
         "histograms of their heat maps. Each image is scored by a forest fitted on the other folds only, so the "
         "AUROC below is honest; compare it with the run's own score on the same images."
     )
-    if not st.button("Cross-validate a classifier on the heat maps", key="scores.fewshot"):
+    asked = st.session_state.setdefault("scores.fewshot_runs", set())
+    if st.button("Cross-validate a classifier on the heat maps", key="scores.fewshot"):
+        asked.add(run.run_id)  # kept, so the result stays while the threshold is moved
+    if run.run_id not in asked:
         return
     try:
         result = few_shot_result(str(run.path), common.run_version(run))

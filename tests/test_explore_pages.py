@@ -402,5 +402,7 @@ def test_few_shot_classifier_is_cross_validated_on_the_scores_page(runs):
     folds = at.dataframe[-1].value
     # 2 hold-out + 3 test normals and 3 defects: 3 folds, every labelled image scored exactly once.
     assert folds["scored"].sum() == 8 and len(folds) == 3
+    at.run()  # any later rerun (a slider moved) keeps the result on the page
+    assert "Classifier AUROC (out of fold)" in [m.label for m in at.metric]
     normal = open_page("pages/scores.py", runs["normal"])
     assert "Once some labelled defect images" in texts(normal)
