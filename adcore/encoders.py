@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -288,6 +288,43 @@ class TrainingClock:
     def done(self, step: int) -> bool:
         """True once training should end; never before one step, so BatchNorm has seen the data."""
         return step > 0 and (step >= self.total_steps or (self.train_s is not None and self.progress(step) >= 1.0))
+
+
+def train_loop(
+    n_images: int,
+    config: dict,
+    rng: np.random.Generator,
+    ctx,
+    opt: torch.optim.Optimizer,
+    clock: TrainingClock,
+    batch_loss: Callable[[np.ndarray], torch.Tensor],
+) -> None:
+    """The loop the self-supervised methods share: shuffled batches of image indices until ``clock``
+    says stop, the warm-up + cosine learning rate, one optimiser step on ``batch_loss(indices)``,
+    progress reports (``ctx``, a FitContext) and cancel; a budget that ends training early is noted."""
+    from adcore.methods.base import LossMeter, epoch_batches
+
+    meter, step, seen, epoch = LossMeter(), 0, 0, 0
+    while not clock.done(step):
+        epoch += 1
+        for idx in epoch_batches(n_images, config["batch_size"], rng):
+            for group in opt.param_groups:
+                group["lr"] = config["learning_rate"] * warmup_cosine(clock.progress(step), config["warmup"])
+            loss = batch_loss(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            meter.add(loss)
+            step, seen = step + 1, seen + len(idx)
+            finished = clock.done(step)
+            if meter.due() or finished:
+                ctx.report(step=step, total_steps=clock.total_steps, epoch=epoch, loss=meter.pop(), images=seen)
+            else:
+                ctx.check_cancel()
+            if finished:
+                if step < clock.total_steps:
+                    ctx.stopped_by_budget = True
+                break
 
 
 def time_one_pass(fn, n_done: int, n_total: int) -> float:

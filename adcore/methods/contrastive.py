@@ -21,12 +21,11 @@ from adcore.encoders import (
     prepared_uint8,
     state_of_parts,
     time_one_pass,
-    warmup_cosine,
+    train_loop,
 )
 from adcore.losses import KeyQueue, info_nce, margin_contrastive, momentum_update, nt_xent, triplet
 from adcore.methods.base import (
     FitContext,
-    LossMeter,
     Method,
     augment_batch,
     epoch_batches,
@@ -120,39 +119,22 @@ class Contrastive(Method):
             key_net = copy.deepcopy(torch.nn.Sequential(encoder, head)).requires_grad_(False)
             gen = torch.Generator().manual_seed(cfg["seed"])
             queue = KeyQueue(cfg["queue_size"], cfg["projection_dim"], gen).to(device)
-        meter, step, seen, epoch = LossMeter(), 0, 0, 0
         encoder.train()
         head.train()
-        while not clock.done(step):
-            epoch += 1
-            for idx in epoch_batches(len(images), cfg["batch_size"], self.rng_):
-                for group in opt.param_groups:
-                    group["lr"] = cfg["learning_rate"] * warmup_cosine(clock.progress(step), cfg["warmup"])
-                views = [to_tensor(augment_batch(prepared[idx], self.augmentations_, self.rng_), device) for _ in "ab"]
-                query = head(encoder(views[0]).embedding)
-                if key_net is None:
-                    key = head(encoder(views[1]).embedding)
-                    loss = self._loss(query, key, None)
-                else:
-                    momentum_update(key_net, torch.nn.Sequential(encoder, head), cfg["momentum"])
-                    with torch.no_grad():
-                        key = key_net[1](key_net[0](views[1]).embedding)
-                    loss = self._loss(query, key, queue.keys.clone())
-                    queue.enqueue(key)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                meter.add(loss)
-                step, seen = step + 1, seen + len(idx)
-                finished = clock.done(step)
-                if meter.due() or finished:
-                    ctx.report(step=step, total_steps=clock.total_steps, epoch=epoch, loss=meter.pop(), images=seen)
-                else:
-                    ctx.check_cancel()
-                if finished:
-                    if step < clock.total_steps:
-                        ctx.stopped_by_budget = True
-                    break
+
+        def batch_loss(idx: np.ndarray) -> torch.Tensor:
+            views = [to_tensor(augment_batch(prepared[idx], self.augmentations_, self.rng_), device) for _ in "ab"]
+            query = head(encoder(views[0]).embedding)
+            if key_net is None:
+                return self._loss(query, head(encoder(views[1]).embedding), None)
+            momentum_update(key_net, torch.nn.Sequential(encoder, head), cfg["momentum"])
+            with torch.no_grad():
+                key = key_net[1](key_net[0](views[1]).embedding)
+            loss = self._loss(query, key, queue.keys.clone())
+            queue.enqueue(key)
+            return loss
+
+        train_loop(len(images), cfg, self.rng_, ctx, opt, clock, batch_loss)
         encoder.eval()
         head.eval()
         self.gaussian_.fit(self._embed(images, ctx))

@@ -24,11 +24,10 @@ from adcore.encoders import (
     prepared_uint8,
     state_of_parts,
     time_one_pass,
-    warmup_cosine,
+    train_loop,
 )
 from adcore.methods.base import (
     FitContext,
-    LossMeter,
     Method,
     augment_batch,
     epoch_batches,
@@ -148,30 +147,14 @@ class CutPaste(Method):
         opt = make_optimizer(list(encoder.parameters()) + list(head.parameters()), cfg)
         steps_per_epoch = len(list(epoch_batches(len(images), cfg["batch_size"], np.random.default_rng(0))))
         clock = TrainingClock(cfg["epochs"] * steps_per_epoch, ctx.budget_s, ctx.started, reserve)
-        meter, step, seen, epoch = LossMeter(), 0, 0, 0
         encoder.train()
         head.train()
-        while not clock.done(step):
-            epoch += 1
-            for idx in epoch_batches(len(images), cfg["batch_size"], self.rng_):
-                for group in opt.param_groups:
-                    group["lr"] = cfg["learning_rate"] * warmup_cosine(clock.progress(step), cfg["warmup"])
-                x, y = self._pretext_batch(prepared[idx])
-                loss = F.cross_entropy(head(encoder(x).embedding), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                meter.add(loss)
-                step, seen = step + 1, seen + len(idx)
-                finished = clock.done(step)
-                if meter.due() or finished:
-                    ctx.report(step=step, total_steps=clock.total_steps, epoch=epoch, loss=meter.pop(), images=seen)
-                else:
-                    ctx.check_cancel()
-                if finished:
-                    if step < clock.total_steps:
-                        ctx.stopped_by_budget = True
-                    break
+
+        def batch_loss(idx: np.ndarray) -> torch.Tensor:
+            x, y = self._pretext_batch(prepared[idx])
+            return F.cross_entropy(head(encoder(x).embedding), y)
+
+        train_loop(len(images), cfg, self.rng_, ctx, opt, clock, batch_loss)
         encoder.eval()
         head.eval()
         self._fit_gaussians(images, ctx)
