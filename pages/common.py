@@ -197,15 +197,16 @@ def _param_widget(spec: Param, key: str, value: Any) -> Any:
         if low is not None and high is not None and high - low <= SLIDER_MAX_INT_RANGE:
             return st.slider(label, low, high, int(value), step=1, **common)
         return int(st.number_input(label, min_value=low, max_value=high, value=int(value), step=1, **common))
-    if spec.log or low is None or high is None:
+    slider_step = None if low is None or high is None else 10.0 ** math.floor(math.log10((high - low) / 100))
+    decimals = 0 if slider_step is None else max(0, -math.floor(math.log10(slider_step)))
+    # A number box where a slider's step would round the value away (a weight decay of 1e-4 on 0..0.1).
+    if spec.log or slider_step is None or round(float(value), decimals) != float(value):
         step = 10.0 ** math.floor(math.log10(abs(value))) if value else 0.1
         return float(
             st.number_input(label, min_value=low, max_value=high, value=float(value), step=step, format="%g", **common)
         )
-    step = 10.0 ** math.floor(math.log10((high - low) / 100))
-    decimals = max(0, -math.floor(math.log10(step)))
-    value = min(high, max(low, round(float(value), decimals)))
-    return st.slider(label, low, high, value, step=step, format=f"%.{decimals}f", **common)
+    value = min(high, max(low, float(value)))
+    return st.slider(label, low, high, value, step=slider_step, format=f"%.{decimals}f", **common)
 
 
 def augmentation_editor(key_prefix: str, initial: Sequence[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict]]:

@@ -203,6 +203,10 @@ def test_train_form_is_built_from_the_registry(method_name):
     kinds = ("slider", "number_input", "selectbox", "toggle", "text_input")
     keys = {w.key for kind in kinds for w in getattr(at, kind)}
     assert {f"train.{method_name}.param.{p.name}" for p in method.param_specs()} <= keys
+    # Every widget starts at the method's default: none is rounded away by a slider's step.
+    widgets = {w.key: w.value for kind in kinds for w in getattr(at, kind)}
+    for p in method.param_specs():
+        assert widgets[f"train.{method_name}.param.{p.name}"] == pytest.approx(p.default), p.name
     # The augmentations start from the method's defaults, with the method's word on their role.
     assert at.multiselect(key=f"train.{method_name}.aug.names").value == [n for n, _ in method.default_augmentations]
     if method.augmentation_role:
