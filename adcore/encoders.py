@@ -168,6 +168,22 @@ def prepare(x: torch.Tensor, normalize: str) -> torch.Tensor:
     return x
 
 
+class EncoderFeatures:
+    """Mixin for methods whose ``encoder_`` comes from ``build_encoder``: their input preparation and
+    ``dense_features``, the hook a student-teacher run uses to take such a run as its teacher."""
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return prepare(x, self.config_["normalize"])
+
+    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] -> the trained encoder's (B, C, S/8, S/8) feature map, in eval mode
+        and without gradients: what a student network learns to match with this run as its teacher."""
+        self._check_fitted()
+        self.encoder_.eval()
+        with torch.no_grad():
+            return self.encoder_(self._input(x)).dense
+
+
 def mlp_head(dim: int, hidden: int, out: int, layers: int) -> nn.Sequential:
     """``layers`` of Linear-BatchNorm-ReLU of width ``hidden``, then a Linear to ``out``."""
     parts: list[nn.Module] = []

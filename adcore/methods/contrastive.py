@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from adcore.encoders import (
+    EncoderFeatures,
     ENCODER_PARAMS,
     OPTIM_PARAMS,
     GaussianDensity,
@@ -17,7 +18,6 @@ from adcore.encoders import (
     load_parts,
     make_optimizer,
     mlp_head,
-    prepare,
     prepared_uint8,
     state_of_parts,
     time_one_pass,
@@ -38,7 +38,7 @@ PARTS = ("encoder", "head", "gaussian")  # what is saved (the momentum encoder a
 
 
 @register_method
-class Contrastive(Method):
+class Contrastive(EncoderFeatures, Method):
     name = "contrastive"
     title = "Contrastive learning (SimCLR / MoCo)"
     summary = (
@@ -82,17 +82,6 @@ class Contrastive(Method):
         dim = self.encoder_.embedding_dim
         self.head_ = mlp_head(dim, cfg["head_dim"], cfg["projection_dim"], cfg["head_layers"]).to(self.device_)
         self.gaussian_ = GaussianDensity(dim).to(self.device_)
-
-    def _input(self, x: torch.Tensor) -> torch.Tensor:
-        return prepare(x, self.config_["normalize"])
-
-    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) in [0, 1] -> the trained encoder's (B, C, S/8, S/8) feature map, in eval mode
-        and without gradients: what a student network learns to match with this run as its teacher."""
-        self._check_fitted()
-        self.encoder_.eval()
-        with torch.no_grad():
-            return self.encoder_(self._input(x)).dense
 
     # -- training --------------------------------------------------------------------------------
     def _loss(self, query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor | None) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from adcore.augment import apply
 from adcore.encoders import (
+    EncoderFeatures,
     ENCODER_PARAMS,
     OPTIM_PARAMS,
     GaussianDensity,
@@ -19,7 +20,6 @@ from adcore.encoders import (
     make_optimizer,
     mlp_head,
     patch_grid,
-    prepare,
     load_parts,
     prepared_uint8,
     state_of_parts,
@@ -48,7 +48,7 @@ PARTS = ("encoder", "head", "image_gaussian", "patch_gaussian")  # what is saved
 
 
 @register_method
-class CutPaste(Method):
+class CutPaste(EncoderFeatures, Method):
     name = "cutpaste"
     title = "CutPaste (self-supervised)"
     summary = (
@@ -90,17 +90,6 @@ class CutPaste(Method):
         self.head_ = mlp_head(dim, cfg["head_dim"], len(VARIANTS[cfg["variant"]]), cfg["head_layers"]).to(self.device_)
         self.image_gaussian_ = GaussianDensity(dim).to(self.device_)
         self.patch_gaussian_ = GaussianDensity(dim).to(self.device_)
-
-    def _input(self, x: torch.Tensor) -> torch.Tensor:
-        return prepare(x, self.config_["normalize"])
-
-    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) in [0, 1] -> the trained encoder's (B, C, S/8, S/8) feature map, in eval mode
-        and without gradients: what a student network learns to match with this run as its teacher."""
-        self._check_fitted()
-        self.encoder_.eval()
-        with torch.no_grad():
-            return self.encoder_(self._input(x)).dense
 
     # -- training --------------------------------------------------------------------------------
     def _crop_size(self) -> int:
