@@ -57,14 +57,29 @@ class Job:
     started: float | None = None
     ended: float | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def done(self) -> bool:
         return self.status in ENDED
 
     def cancel(self) -> None:
-        """Ask the job to stop; a queued job never starts, a running one stops at its next report."""
-        self.stop_event.set()
+        """Ask the job to stop: a queued job ends now and never starts, a running one stops at its next report."""
+        with self._lock:
+            self.stop_event.set()
+            if self.status == QUEUED:
+                self.status, self.ended = CANCELLED, time.time()
+                self.progress.phase = CANCELLED
+
+    def _start(self) -> bool:
+        """Move a queued job to running; False when it was cancelled first."""
+        with self._lock:
+            if self.stop_event.is_set() or self.status != QUEUED:
+                if not self.done:
+                    self.status, self.ended = CANCELLED, time.time()
+                return False
+            self.status, self.started = RUNNING, time.time()
+            return True
 
     def _on_progress(self, event: dict) -> None:
         p = self.progress
@@ -145,10 +160,8 @@ class JobManager:
             self._run(job)
 
     def _run(self, job: Job) -> None:
-        if job.stop_event.is_set():
-            job.status, job.ended = CANCELLED, time.time()
+        if not job._start():
             return
-        job.status, job.started = RUNNING, time.time()
         try:
             from adcore.device import describe_device, pick_device
 

@@ -63,9 +63,8 @@ def show_queue(queued: list[Job], ahead: int) -> None:
     st.markdown(f"**Queued ({len(queued)})** · jobs run one at a time, in this order")
     for position, job in enumerate(queued, start=ahead + 1):
         text, button = st.columns([4, 1], vertical_alignment="center")
-        removed = " · *removed, skipped when its turn comes*" if job.stop_event.is_set() else ""
-        text.markdown(f"{position}. {job_label(job)}{removed}")
-        button.button("Remove", key=f"train.remove.{job.id}", on_click=job.cancel, disabled=job.stop_event.is_set())
+        text.markdown(f"{position}. {job_label(job)}")
+        button.button("Remove", key=f"train.remove.{job.id}", on_click=job.cancel)
 
 
 def show_outcome(job: Job) -> None:

@@ -185,6 +185,24 @@ def test_jobs_run_one_at_a_time_and_queue_the_rest(tiny_set, tmp_path):
     assert a.status == CANCELLED and b.status == FINISHED
 
 
+def test_removing_a_queued_job_ends_it_at_once_and_the_next_one_still_runs(tiny_set, tmp_path):
+    manager = JobManager(tmp_path / "runs")
+    a = manager.submit(TrainSpec(data=str(tiny_set), params={**TINY, "epochs": 2000}))
+    b = manager.submit(TrainSpec(data=str(tiny_set), params=TINY))
+    c = manager.submit(TrainSpec(data=str(tiny_set), params=TINY))
+    deadline = time.monotonic() + 60
+    while a.status != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    b.cancel()
+    # Ended now, not when the worker reaches it: it leaves the queue and c moves up.
+    assert b.status == CANCELLED and b.started is None
+    assert [j.id for j in manager.active()] == [a.id, c.id] and manager.queue_position(c) == 1
+    a.cancel()
+    manager.wait(c, timeout=120)
+    assert (a.status, b.status, c.status) == (CANCELLED, CANCELLED, FINISHED)
+    assert b.started is None and b.run_dir is None  # the removed job never ran
+
+
 def test_job_whose_fit_raises_reports_the_error(tiny_set, tmp_path, monkeypatch):
     def broken_fit(self, images, ctx):
         raise RuntimeError("the network exploded")
