@@ -60,7 +60,7 @@ from safetensors.torch import save as save_safetensors
 
 import adcore
 from adcore.device import pick_device
-from adcore.methods import Method, Prediction, build_method
+from adcore.methods import Method, Prediction, build_saved_method
 from adcore.runs import Run, load_run
 from adcore.scoring import Scorer, build_scorer
 from adcore.threshold import Threshold, default_threshold
@@ -428,7 +428,7 @@ def load_model_bytes(data: bytes, name: str = "model.adcore", device: torch.devi
     device = pick_device(device) if isinstance(device, str) else device
     try:
         spec = header["method"]
-        method = build_method(spec["name"], **spec["params"])
+        method = build_saved_method(spec["name"], spec["params"])
         state = {k[len(_METHOD_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_METHOD_PREFIX)}
         method.load_state_dict(state, device=device)
     except (KeyError, TypeError, RuntimeError) as exc:

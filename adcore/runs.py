@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from adcore.methods import Method, build_method
+from adcore.methods import Method, build_saved_method
 
 FORMAT_VERSION = 1
 REQUIRED_FILES = ("config.json", "state.safetensors", "history.json", "results.npz")
@@ -71,7 +71,7 @@ class Run:
         return self.config["method"]
 
     def load_method(self, device: torch.device | None = None) -> Method:
-        method = build_method(self.config["method"], **self.config["params"])
+        method = build_saved_method(self.config["method"], self.config["params"])
         state = load_file(str(self.path / "state.safetensors"))
         return method.load_state_dict(state, device=device)
 

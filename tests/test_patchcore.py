@@ -12,8 +12,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from adcore.backbones import load_backbone, resnet18_weights_path
-from adcore.methods import Cancelled, FitContext, build_method
-from adcore.methods.patchcore import greedy_coreset, knn_distance
+from adcore.methods import Cancelled, FitContext, build_method, build_saved_method
+from adcore.methods.base import aspect_shape
+from adcore.methods.patchcore import greedy_coreset, knn_distance, patch_embedding
 from tests.helpers import textured
 
 # 64 px photos seen at 128 px: at 64 px the stride-16 grid is only 4x4 and peaks drift to the borders.
@@ -147,6 +148,62 @@ def test_patchcore_save_load_gives_identical_scores(normal_images, tmp_path):
     a, b = method.predict(images), loaded.predict(images)
     np.testing.assert_array_equal(a.scores, b.scores)
     np.testing.assert_array_equal(a.anomaly_maps[0], b.anomaly_maps[0])
+
+
+def test_patch_embedding_averages_each_level_over_its_neighbourhood():
+    gen = torch.Generator().manual_seed(0)
+    fine, coarse = torch.rand(1, 2, 6, 6, generator=gen), torch.rand(1, 3, 3, 3, generator=gen)
+    features = {8: fine, 16: coarse}
+    assert torch.equal(patch_embedding(features, None, 1)[:, :2], fine)  # 1: each position alone
+    out = patch_embedding(features, None, 5)
+    assert out.shape == (1, 5, 6, 6)
+    torch.testing.assert_close(out[0, :2, 3, 3], fine[0, :, 1:6, 1:6].mean((1, 2)))  # the full 5x5 window
+    torch.testing.assert_close(out[0, :2, 0, 0], fine[0, :, 0:3, 0:3].mean((1, 2)))  # corner: only what is inside
+    # The coarse level is averaged at its own resolution (3x3 whole at its centre), then upsampled.
+    torch.testing.assert_close(patch_embedding({16: coarse}, None, 5)[0, :, 1, 1], coarse[0].mean((1, 2)))
+
+
+def test_a_model_saved_before_a_parameter_existed_loads_with_the_value_it_was_fitted_with(normal_images):
+    fitted = build_method("patchcore", **TINY, neighbourhood=3, keep_aspect=False).fit(
+        normal_images, FitContext(device=torch.device("cpu"))
+    )
+    new = ("neighbourhood", "keep_aspect")
+    saved_params = {k: v for k, v in fitted.config_.items() if k not in new}  # as saved before the parameters
+
+    old = build_saved_method("patchcore", saved_params).load_state_dict(fitted.state_dict(), device=torch.device("cpu"))
+    assert [old.config_[k] for k in new] == [3, False]
+    assert [build_method("patchcore").get_params()[k] for k in new] == [5, True]  # today's defaults differ
+    images = [_with_square(np.random.default_rng(1)), normal_images[0], textured(np.random.default_rng(2), 80)[:40]]
+    np.testing.assert_array_equal(old.predict(images).scores, fitted.predict(images).scores)
+    # A model saved with the parameter keeps its own value.
+    assert build_saved_method("patchcore", {**saved_params, "neighbourhood": 7}).get_params()["neighbourhood"] == 7
+
+
+@pytest.mark.parametrize(
+    "photo, size, shape",
+    [((100, 300), 224, (128, 384)), ((64, 64), 128, (128, 128)), ((300, 100), 224, (384, 128)), ((10, 1000), 64, (32, 640))],
+)
+def test_aspect_shape_keeps_the_ratio_and_about_the_area_in_multiples_of_32(photo, size, shape):
+    assert aspect_shape(*photo, size) == shape
+
+
+def test_keep_aspect_feeds_each_photo_at_its_own_ratio_and_returns_results_in_input_order(normal_images, monkeypatch):
+    method = build_method("patchcore", **TINY).fit(normal_images, FitContext(device=torch.device("cpu")))
+    rng = np.random.default_rng(3)
+    wide, square, tall = textured(rng, 96)[:32], _with_square(rng), textured(rng, 96)[:, :40]
+    images = [wide, square, tall, wide[:, ::-1].copy()]
+    shapes = []
+    predict_batch = type(method)._predict_batch
+    monkeypatch.setattr(type(method), "_predict_batch", lambda self, x: shapes.append(tuple(x.shape)) or predict_batch(self, x))
+    together = method.predict(images, batch_size=8)
+    # Photos of the same shape share a batch; each goes in at its own width:height ratio.
+    assert sorted(shapes) == sorted([(2, 3, 64, 224), (1, 3, 128, 128), (1, 3, 192, 96)])
+    alone = [method.predict([image]) for image in images]
+    np.testing.assert_allclose(together.scores, [a.scores[0] for a in alone], rtol=1e-5)
+    for joint, single, image in zip(together.anomaly_maps, alone, images):
+        assert joint.shape == image.shape[:2]
+        np.testing.assert_allclose(joint, single.anomaly_maps[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(together.embeddings, np.concatenate([a.embeddings for a in alone]), rtol=1e-4, atol=1e-5)
 
 
 def test_patchcore_refuses_a_state_from_another_backbone(normal_images):

@@ -29,6 +29,14 @@ def build_method(name: str, **params: Any) -> Method:
     return method
 
 
+def build_saved_method(name: str, params: dict[str, Any]) -> Method:
+    """``build_method`` for the parameters stored with a saved model. A parameter added to the method
+    after the model was saved takes the value the model was fitted with (the class's
+    ``defaults_of_older_models``), not today's default, so an old model scores as it did."""
+    cls = get_method_class(name)
+    return build_method(name, **{**getattr(cls, "defaults_of_older_models", {}), **params})
+
+
 def list_methods() -> list[type[Method]]:
     return [METHODS.get(n) for n in METHODS.names()]
 
@@ -41,6 +49,7 @@ __all__ = [
     "Method",
     "Prediction",
     "build_method",
+    "build_saved_method",
     "get_method_class",
     "list_methods",
     "register_method",

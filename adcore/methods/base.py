@@ -8,6 +8,7 @@ where it has them. It never decides what is anomalous: thresholds live in ``adco
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -104,13 +105,28 @@ class Prediction:
 
 def resize_images(images: Sequence[np.ndarray], size: int) -> np.ndarray:
     """HWC uint8 RGB images of any sizes -> (N, size, size, 3) uint8, squashed (no crop, so edges stay)."""
-    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    return resize_to(images, size, size)
+
+
+def resize_to(images: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
+    """HWC uint8 RGB images of any sizes -> (N, height, width, 3) uint8, bilinear, no crop."""
+    out = np.empty((len(images), height, width, 3), dtype=np.uint8)
     for i, image in enumerate(images):
-        if image.shape[0] == size and image.shape[1] == size:
+        if image.shape[0] == height and image.shape[1] == width:
             out[i] = image
         else:
-            out[i] = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+            out[i] = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
     return out
+
+
+def aspect_shape(height: int, width: int, size: int, multiple: int = 32) -> tuple[int, int]:
+    """The (H, W) with about ``size`` x ``size`` pixels and the photo's width:height ratio, each side a
+    multiple of ``multiple`` (so every stride of a backbone divides it) and at least one ``multiple``."""
+    scale = size / math.sqrt(height * width)
+    return (
+        max(multiple, round(height * scale / multiple) * multiple),
+        max(multiple, round(width * scale / multiple) * multiple),
+    )
 
 
 def to_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -225,34 +241,60 @@ class Method:
         augmentations = self.default_augmentations if ctx.augmentations is None else ctx.augmentations
         self.augmentations_ = [(name, dict(p)) for name, p in augmentations]
         self._build()
-        self._fit(resize_images(images, self.config_["image_size"]), ctx)
+        self._fit(self._fit_images(images), ctx)
         return self
+
+    def _input_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The (H, W) a photo of ``height`` x ``width`` pixels is resized to for the network: by
+        default the configured square, whatever its shape."""
+        size = self.config_["image_size"]
+        return size, size
+
+    def _fit_images(self, images: Sequence[np.ndarray]) -> Any:
+        """What ``_fit`` receives: by default (N, S, S, 3) uint8 at the configured size."""
+        return resize_images(images, self.config_["image_size"])
+
+    def _shaped_batches(
+        self, images: Sequence[np.ndarray], batch_size: int
+    ) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """(indices, (B, 3, H, W) tensor) batches of ``images`` at their input shapes: images that
+        become the same shape share batches, so with the default square every batch is in order."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(self._input_shape(*image.shape[:2]), []).append(i)
+        for (h, w), members in groups.items():
+            for start in range(0, len(members), batch_size):
+                idx = members[start : start + batch_size]
+                yield idx, to_tensor(resize_to([images[i] for i in idx], h, w), self.device_)
 
     def predict(self, images: Sequence[np.ndarray], batch_size: int = 32) -> Prediction:
         """Scores, and embeddings/maps/reconstructions where the method has them, for HWC uint8 images."""
         self._check_fitted()
-        size = self.config_["image_size"]
-        scores, embeddings, maps, recons = [], [], [], []
+        n = len(images)
+        scores = np.zeros(n)
+        embeddings: list = [None] * n
+        maps: list = [None] * n
+        recons: list = [None] * n
         with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                chunk = images[start : start + batch_size]
-                x = to_tensor(resize_images(chunk, size), self.device_)
+            for idx, x in self._shaped_batches(images, batch_size):
                 out = self._predict_batch(x)
-                scores.append(out["scores"].double().cpu().numpy())
-                sizes = [im.shape[:2] for im in chunk]
+                scores[idx] = out["scores"].double().cpu().numpy()
+                sizes = [images[i].shape[:2] for i in idx]
                 if out.get("embeddings") is not None:
-                    embeddings.append(out["embeddings"].float().cpu().numpy())
+                    for i, e in zip(idx, out["embeddings"].float().cpu().numpy()):
+                        embeddings[i] = e
                 if out.get("maps") is not None:
-                    maps.extend(upsample_maps(out["maps"], sizes))
+                    for i, m in zip(idx, upsample_maps(out["maps"], sizes)):
+                        maps[i] = m
                 if out.get("reconstructions") is not None:
                     rec = (out["reconstructions"].clamp(0, 1) * 255).round().byte()
-                    for r, (h, w) in zip(rec.permute(0, 2, 3, 1).cpu().numpy(), sizes):
-                        recons.append(np.asarray(Image.fromarray(r).resize((w, h), Image.BILINEAR)))
+                    for i, r, (h, w) in zip(idx, rec.permute(0, 2, 3, 1).cpu().numpy(), sizes):
+                        recons[i] = np.asarray(Image.fromarray(r).resize((w, h), Image.BILINEAR))
         return Prediction(
-            scores=np.concatenate(scores) if scores else np.zeros(0),
-            embeddings=np.concatenate(embeddings) if embeddings else None,
-            anomaly_maps=maps or None,
-            reconstructions=recons or None,
+            scores=scores,
+            embeddings=np.stack(embeddings) if n and embeddings[0] is not None else None,
+            anomaly_maps=maps if n and maps[0] is not None else None,
+            reconstructions=recons if n and recons[0] is not None else None,
         )
 
     def score(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
@@ -271,15 +313,14 @@ class Method:
         modes = [m.training for m in modules]
         for m in modules:
             m.eval()
-        size, scores = self.config_["image_size"], {}
+        scores = {}
         try:
             with torch.inference_mode():
                 for group, images in ctx.monitor.items():
-                    parts = [
-                        self._predict_batch(to_tensor(resize_images(images[i : i + 32], size), self.device_))["scores"]
-                        for i in range(0, len(images), 32)
-                    ]
-                    scores[group] = torch.cat(parts).double().cpu().tolist() if parts else []
+                    values = np.zeros(len(images))
+                    for idx, x in self._shaped_batches(images, 32):
+                        values[idx] = self._predict_batch(x)["scores"].double().cpu().numpy()
+                    scores[group] = values.tolist()
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)
@@ -308,7 +349,7 @@ class Method:
         raise NotImplementedError
 
     def _fit(self, images: np.ndarray, ctx: FitContext) -> None:
-        """``images`` is (N, S, S, 3) uint8 at the configured image size."""
+        """``images`` is what ``_fit_images`` gave: by default (N, S, S, 3) uint8 at the configured size."""
         raise NotImplementedError
 
     def _predict_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:

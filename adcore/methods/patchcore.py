@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from adcore.backbones import BACKBONES, load_backbone
-from adcore.methods.base import COMMON_PARAMS, FitContext, Method, gaussian_blur, register_method, to_tensor
+from adcore.methods.base import COMMON_PARAMS, FitContext, Method, aspect_shape, gaussian_blur, register_method
 from adcore.registry import Param
 
 # Feature maps by stride (fraction of the image size), so one choice means the same for every backbone.
@@ -52,16 +53,34 @@ class PretrainedFeatures(Method):
               "(median and quartiles) first, for varying exposure; none: photos as they are.",
               choices=("image", "none")),
         Param("batch_size", int, 16, "Images per forward pass.", 1, 512),
+        Param("keep_aspect", bool, True, "Keep each photo's width:height ratio (about image_size x image_size "
+              "pixels, sides in multiples of 32) instead of squashing it to a square, so long or narrow parts "
+              "keep their texture's proportions. Photos of the same shape are batched together."),
     ]
+    # Models saved before these parameters existed were fitted on squares.
+    defaults_of_older_models = {"keep_aspect": False}
 
     @classmethod
     def param_specs(cls) -> list[Param]:
-        common = [replace(p, default=cls.default_image_size) if p.name == "image_size" else p for p in COMMON_PARAMS]
+        size_help = ("Photos are resized to about this x this pixels before the network (exactly this square "
+                     "when keep_aspect is off).")
+        common = [
+            replace(p, default=cls.default_image_size, help=size_help) if p.name == "image_size" else p
+            for p in COMMON_PARAMS
+        ]
         return common + cls.common_feature_params + cls.params
 
     def _build(self) -> None:
         self.backbone_ = load_backbone(self.config_["backbone"]).to(self.device_)
         self.strides_ = parse_layers(self.config_["layers"])
+
+    def _input_shape(self, height: int, width: int) -> tuple[int, int]:
+        if self.config_["keep_aspect"]:
+            return aspect_shape(height, width, self.config_["image_size"])
+        return super()._input_shape(height, width)
+
+    def _fit_images(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return list(images)  # photos as they are; _each_batch resizes them batch by batch
 
     def _features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         """(B, 3, S, S) in [0, 1] -> {stride: (B, C, S/stride, S/stride)} from the frozen backbone."""
@@ -69,14 +88,16 @@ class PretrainedFeatures(Method):
             x = normalize_exposure(x)
         return self.backbone_(x, self.strides_)
 
-    def _each_batch(self, images: np.ndarray, ctx: FitContext, phase: str) -> Iterator[torch.Tensor]:
-        """Yield (B, 3, S, S) tensors of ``images`` in order, reporting progress; stops early (keeping
-        what was seen) when the budget is spent."""
-        n, bs = len(images), self.config_["batch_size"]
-        total = math.ceil(n / bs)
-        for step, start in enumerate(range(0, n, bs), 1):
-            yield to_tensor(images[start : start + bs], self.device_)
-            ctx.report(step=step, total_steps=total, images=min(start + bs, n), phase=phase)
+    def _each_batch(self, images: Sequence[np.ndarray], ctx: FitContext, phase: str) -> Iterator[torch.Tensor]:
+        """Yield (B, 3, H, W) tensors of ``images`` at their input shapes, reporting progress; stops
+        early (keeping what was seen) when the budget is spent."""
+        shapes = Counter(self._input_shape(*image.shape[:2]) for image in images)
+        bs = self.config_["batch_size"]
+        total, seen = sum(math.ceil(count / bs) for count in shapes.values()), 0
+        for step, (idx, x) in enumerate(self._shaped_batches(images, bs), 1):
+            yield x
+            seen += len(idx)
+            ctx.report(step=step, total_steps=total, images=seen, phase=phase)
             if ctx.out_of_budget() and step < total:
                 break
 
@@ -96,15 +117,19 @@ class PretrainedFeatures(Method):
 
 # -- PatchCore -------------------------------------------------------------------------------------
 
-def patch_embedding(features: dict[int, torch.Tensor], projection: torch.Tensor | None) -> torch.Tensor:
-    """PatchCore's locally aware patch features: each level averaged over its 3x3 neighbourhood,
-    deeper levels upsampled to the finest one, concatenated, optionally randomly projected.
-    Returns (B, D, h, w) at the finest level's resolution."""
+def patch_embedding(
+    features: dict[int, torch.Tensor], projection: torch.Tensor | None, neighbourhood: int = 3
+) -> torch.Tensor:
+    """PatchCore's locally aware patch features: each level averaged over its ``neighbourhood`` x
+    ``neighbourhood`` positions (odd; the paper's 3), deeper levels upsampled to the finest one,
+    concatenated, optionally randomly projected. Returns (B, D, h, w) at the finest level's resolution."""
     strides = sorted(features)
     size = features[strides[0]].shape[-2:]
     parts = []
     for s in strides:
-        f = F.avg_pool2d(features[s], 3, stride=1, padding=1, count_include_pad=False)
+        f = features[s]
+        if neighbourhood > 1:
+            f = F.avg_pool2d(f, neighbourhood, stride=1, padding=neighbourhood // 2, count_include_pad=False)
         if f.shape[-2:] != size:
             f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
         parts.append(f)
@@ -215,6 +240,10 @@ class PatchCore(PretrainedFeatures):
         Param("layers", str, "16+32", "Feature maps combined, by stride: 16+32 = 1/16 and 1/32 of the image "
               "size; finer strides (8) draw sharper maps of small defects but see less context and cost more.",
               choices=LAYER_CHOICES),
+        Param("neighbourhood", int, 5, "Each patch's features are averaged over this many x this many "
+              "neighbouring positions, so a patch is judged with its surroundings: larger sees large, faint "
+              "defects (uneven surfaces) better, smaller keeps tiny ones sharp. The paper used 3.",
+              choices=(1, 3, 5, 7, 9)),
         Param("projection_dim", int, 0, "Randomly project patch features to this many dimensions (0: keep all).",
               0, 4096),
         Param("coreset_ratio", float, 0.1, "Fraction of all normal patches kept in memory (greedy coreset).",
@@ -224,6 +253,9 @@ class PatchCore(PretrainedFeatures):
         Param("neighbours", int, 1, "Patch score = mean distance to this many nearest remembered patches.", 1, 50),
         Param("map_sigma", float, 4.0, "Gaussian smoothing of the anomaly map, in pixels at image_size.", 0.0, 32.0),
     ]
+
+    # Models saved before ``neighbourhood`` existed were fitted with the paper's 3.
+    defaults_of_older_models = {**PretrainedFeatures.defaults_of_older_models, "neighbourhood": 3}
 
     def _build(self) -> None:
         super()._build()
@@ -236,7 +268,7 @@ class PatchCore(PretrainedFeatures):
         self.bank_ = torch.zeros(0, dim if self.projection_ is not None else channels, device=self.device_)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        return patch_embedding(self._features(x), self.projection_)
+        return patch_embedding(self._features(x), self.projection_, self.config_["neighbourhood"])
 
     def _fit(self, images: np.ndarray, ctx: FitContext) -> None:
         cfg = self.config_

@@ -198,11 +198,11 @@ class StudentTeacher(Method):
         self.map_stats_ = torch.tensor([0.0, 1.0, 0.0, 1.0], device=self.device_)  # error mean, std, var mean, std
 
     def _teacher_method(self, teacher_state: dict[str, torch.Tensor] | None) -> Method:
-        from adcore.methods import build_method
+        from adcore.methods import build_saved_method
 
         if teacher_state is not None:  # loading a saved model: the teacher comes from the state
             meta = _decode_json(teacher_state["__meta__"])
-            method = build_method(meta["method"], **meta["params"])
+            method = build_saved_method(meta["method"], meta["params"])
             method.load_state_dict({k: v for k, v in teacher_state.items() if k != "__meta__"}, device=self.device_)
         else:
             from adcore.runs import load_run
