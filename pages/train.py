@@ -62,7 +62,7 @@ def show_running(job: Job) -> None:
 def show_queue(queued: list[Job], ahead: int) -> None:
     st.markdown(f"**Queued ({len(queued)})** · jobs run one at a time, in this order")
     for position, job in enumerate(queued, start=ahead + 1):
-        text, button = st.columns([4, 1], vertical_alignment="center")
+        text, button = st.columns([3, 2], vertical_alignment="center")
         text.markdown(f"{position}. {job_label(job)}")
         button.button("Remove", key=f"train.remove.{job.id}", on_click=job.cancel)
 
