@@ -159,26 +159,48 @@ def label_of(name: str) -> str:
 
 
 def param_inputs(
-    specs: Sequence[Param], key_prefix: str, values: dict[str, Any] | None = None, *, columns: int = 1
+    specs: Sequence[Param],
+    key_prefix: str,
+    values: dict[str, Any] | None = None,
+    *,
+    columns: int = 1,
+    options: dict[str, dict[Any, str]] | None = None,
 ) -> dict[str, Any]:
     """One widget per parameter spec (help text as ``help=``); returns ``{name: value}``.
 
     Floats with a range get a slider, log-scale floats (learning rates) a number box, integers a
     slider when their range is small and a number box otherwise, choices a select box, booleans a
-    toggle. A widget starts from its kept value (see ``kept``), else ``values``, else the default.
+    toggle. ``options`` gives a parameter a select box over the page's own {value: label} (e.g. the
+    runs that can serve as a teacher) instead. A widget starts from its kept value (see ``kept``),
+    else ``values``, else the default.
     """
-    values = values or {}
-    cells = st.columns(columns) if columns > 1 else [st.container()]
+    values, options = values or {}, options or {}
     out = {}
-    for i, spec in enumerate(specs):
+    # Parameters with page options come first, full width (their labels are long), then the grid.
+    with st.container():
+        for spec in (spec for spec in specs if spec.name in options):
+            key = f"{key_prefix}.{spec.name}"
+            labels = dict(options[spec.name])
+            value = _start_value(spec, key, values)
+            labels.setdefault(value, str(value))  # a kept value (e.g. a typed path) stays selectable
+            widget = st.selectbox(
+                spec.name.replace("_", " "), list(labels), index=list(labels).index(value),
+                format_func=labels.get, help=spec.help or None, key=key,
+            )  # fmt: skip
+            out[spec.name] = keep(key, widget)
+    cells = st.columns(columns) if columns > 1 else [st.container()]
+    for i, spec in enumerate(spec for spec in specs if spec.name not in options):
         key = f"{key_prefix}.{spec.name}"
-        try:
-            value = spec.validate(kept(key, values.get(spec.name, spec.default)))
-        except ValueError:  # a stale value (the registry changed): start from the default
-            value = spec.default
         with cells[i % len(cells)]:
-            out[spec.name] = keep(key, _param_widget(spec, key, value))
-    return out
+            out[spec.name] = keep(key, _param_widget(spec, key, _start_value(spec, key, values)))
+    return {spec.name: out[spec.name] for spec in specs}
+
+
+def _start_value(spec: Param, key: str, values: dict[str, Any]) -> Any:
+    try:
+        return spec.validate(kept(key, values.get(spec.name, spec.default)))
+    except ValueError:  # a stale value (the registry changed): start from the default
+        return spec.default
 
 
 def _param_widget(spec: Param, key: str, value: Any) -> Any:

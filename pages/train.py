@@ -7,6 +7,7 @@ import streamlit as st
 from adcore import viz
 from adcore.jobs import CANCELLED, FAILED, FINISHED, RUNNING, Job, JobManager
 from adcore.methods import DEFAULT_METHOD, METHODS, build_method, get_method_class
+from adcore.methods.student_teacher import teacher_options
 from adcore.training import TrainSpec
 from pages import common
 
@@ -147,7 +148,8 @@ with config_col:
     st.caption(method.summary)
 
     st.subheader("Parameters")
-    params = common.param_inputs(method.param_specs(), f"train.{method_name}.param", columns=3)
+    options = {"teacher": teacher_options(manager.runs_root)} if method_name == "student_teacher" else None
+    params = common.param_inputs(method.param_specs(), f"train.{method_name}.param", columns=3, options=options)
     try:
         build_method(method_name, **params)
     except ValueError as exc:

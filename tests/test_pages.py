@@ -283,6 +283,27 @@ def test_train_finishes_and_lists_the_run(tiny_set):
     assert runs["image AUROC"][0] == pytest.approx(float(metric(at, "Image AUROC")), abs=1e-3)
 
 
+def test_student_teacher_picks_its_teacher_from_the_runs_that_can_teach(tiny_set, runs_dir):
+    from adcore.training import train_run
+
+    teacher = train_run(TrainSpec(data=str(tiny_set.root), name="teacher", params=dict(TINY, epochs=1)), runs_dir)
+    no_maps = train_run(TrainSpec(data=str(tiny_set.root), method="pretrained_gaussian", params={"image_size": 32}), runs_dir)
+    at = app_at("pages/train.py", tiny_set)
+    at.selectbox(key="train.method").set_value("student_teacher").run()
+    picker = at.selectbox(key="train.student_teacher.param.teacher")
+    assert picker.value == "efficientnet_lite0"
+    labels = picker.options
+    assert "efficientnet_lite0 (ImageNet, frozen)" in labels
+    assert f"run {teacher.name} · Convolutional autoencoder · teacher" in labels
+    assert not any(no_maps.name in label for label in labels)  # a pooled-feature Gaussian has no dense features
+
+    picker.set_value(str(teacher)).run()
+    at.button(key="train.start").click().run()
+    job = common.job_manager().get(at.session_state["train.job_id"])
+    assert job.spec.params["teacher"] == str(teacher)  # the choice reaches training as the run's folder
+    job.cancel()
+
+
 def test_a_failed_job_shows_its_error_and_traceback(tmp_path):
     at = app_at("pages/train.py")
     (tmp_path / "empty").mkdir()

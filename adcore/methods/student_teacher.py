@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adcore.backbones import BACKBONES, load_backbone
+from adcore.backbones import BACKBONES, load_backbone, resnet18_weights_path
 from adcore.encoders import warmup_cosine
 from adcore.methods.autoencoder import map_score_params, map_statistic
 from adcore.methods.base import (
@@ -34,6 +34,28 @@ STATISTICS_IMAGES = 160  # normal images the map's normalisation is measured on
 
 
 # -- teachers --------------------------------------------------------------------------------------
+
+def teacher_options(runs_root: Path | str | None = None) -> dict[str, str]:
+    """{value of the ``teacher`` parameter: what a user reads} for every possible teacher: the
+    ImageNet backbones, then the runs under ``runs_root`` (newest first) whose method gives dense
+    features. Values are what ``teacher`` accepts: a backbone name or a run folder."""
+    from adcore.methods import get_method_class
+    from adcore.runs import list_runs
+
+    options = {name: f"{name} (ImageNet, frozen)" for name in BACKBONES.names()}
+    if "resnet18" in options and not resnet18_weights_path().is_file():
+        options["resnet18"] = "resnet18: its ImageNet weights are not on this machine, efficientnet_lite0 is used instead"
+    runs, _ = list_runs(runs_root)
+    for run in runs:
+        try:
+            method = get_method_class(run.method_name)
+        except (KeyError, ValueError):  # a run of a method this version does not know
+            continue
+        if callable(getattr(method, "dense_features", None)):
+            name = run.config.get("name") or ""
+            options[str(run.path)] = f"run {run.run_id} · {method.title}" + (f" · {name}" if name else "")
+    return options
+
 
 class BackboneTeacher(nn.Module):
     """An ImageNet backbone's feature maps at ``strides``, the deeper ones upsampled to the finest
