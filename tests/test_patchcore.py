@@ -198,6 +198,9 @@ def test_keep_aspect_feeds_each_photo_at_its_own_ratio_and_returns_results_in_in
     together = method.predict(images, batch_size=8)
     # Photos of the same shape share a batch; each goes in at its own width:height ratio.
     assert sorted(shapes) == sorted([(2, 3, 64, 224), (1, 3, 128, 128), (1, 3, 192, 96)])
+    # Batches come in the order of their first photo, so shapes interleave (a budget-cut fit sees each).
+    assert [idx for idx, _ in method._shaped_batches(images, 1)] == [[0], [1], [2], [3]]
+    assert [idx for idx, _ in method._shaped_batches(images, 2)] == [[0, 3], [1], [2]]
     alone = [method.predict([image]) for image in images]
     np.testing.assert_allclose(together.scores, [a.scores[0] for a in alone], rtol=1e-5)
     for joint, single, image in zip(together.anomaly_maps, alone, images):

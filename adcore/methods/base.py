@@ -257,15 +257,20 @@ class Method:
     def _shaped_batches(
         self, images: Sequence[np.ndarray], batch_size: int
     ) -> Iterator[tuple[list[int], torch.Tensor]]:
-        """(indices, (B, 3, H, W) tensor) batches of ``images`` at their input shapes: images that
-        become the same shape share batches, so with the default square every batch is in order."""
+        """(indices, (B, 3, H, W) tensor) batches of ``images`` at their input shapes. Images that
+        become the same shape share batches; batches come in the order of their first image, so
+        shapes interleave (a fit stopped by its budget has seen every shape) and with the default
+        square every batch is simply in order."""
         groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             groups.setdefault(self._input_shape(*image.shape[:2]), []).append(i)
-        for (h, w), members in groups.items():
-            for start in range(0, len(members), batch_size):
-                idx = members[start : start + batch_size]
-                yield idx, to_tensor(resize_to([images[i] for i in idx], h, w), self.device_)
+        batches = [
+            (shape, members[start : start + batch_size])
+            for shape, members in groups.items()
+            for start in range(0, len(members), batch_size)
+        ]
+        for (h, w), idx in sorted(batches, key=lambda batch: batch[1][0]):
+            yield idx, to_tensor(resize_to([images[i] for i in idx], h, w), self.device_)
 
     def predict(self, images: Sequence[np.ndarray], batch_size: int = 32) -> Prediction:
         """Scores, and embeddings/maps/reconstructions where the method has them, for HWC uint8 images."""
