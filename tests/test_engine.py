@@ -285,3 +285,15 @@ def test_budget_flag_is_set_only_when_training_was_cut_short(tiny_set, tmp_path)
     assert full.config["stopped_by_budget"] is False
     cut = TrainSpec(data=str(tiny_set), params={**TINY, "epochs": 2000}, budget_s=1.0)
     assert load_run(train_run(cut, tmp_path / "runs")).config["stopped_by_budget"] is True
+
+
+@pytest.mark.parametrize("n, batch_size", [(1, 1), (1, 4), (2, 1), (5, 4), (6, 4), (8, 4), (9, 2), (700, 64)])
+def test_steps_per_epoch_counts_the_batches_an_epoch_yields(n, batch_size):
+    from adcore.methods.base import epoch_batches, steps_per_epoch
+
+    batches = list(epoch_batches(n, batch_size, np.random.default_rng(0)))
+    assert steps_per_epoch(n, batch_size) == len(batches)
+    seen = [int(i) for batch in batches for i in batch]
+    assert len(seen) == len(set(seen))  # no image twice in an epoch
+    if batch_size >= 2 and n % batch_size != 1:  # otherwise a lone image is left out of the epoch
+        assert sorted(seen) == list(range(n))

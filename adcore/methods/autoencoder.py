@@ -9,10 +9,8 @@ from torch import nn
 
 from adcore.methods.base import (
     FitContext,
-    LossMeter,
     Method,
     augment_batch,
-    epoch_batches,
     gaussian_blur,
     register_method,
     to_tensor,
@@ -144,31 +142,20 @@ class Autoencoder(Method):
         cfg = self.config_
         net, device = self.net_, self.device_
         opt = torch.optim.Adam(net.parameters(), lr=cfg["learning_rate"])
-        steps_per_epoch = max(1, len(list(epoch_batches(len(images), cfg["batch_size"], np.random.default_rng(0)))))
-        total = cfg["epochs"] * steps_per_epoch
+        total = self._total_steps(len(images))
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["learning_rate"], total_steps=total, pct_start=0.1)
-        meter, step, seen = LossMeter(), 0, 0
+
+        def step(idx: np.ndarray, done: int) -> torch.Tensor:
+            x = to_tensor(augment_batch(images[idx], self.augmentations_, self.rng_), device)
+            loss = self._training_loss(x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            return loss
+
         net.train()
-        for epoch in range(cfg["epochs"]):
-            for idx in epoch_batches(len(images), cfg["batch_size"], self.rng_):
-                x = to_tensor(augment_batch(images[idx], self.augmentations_, self.rng_), device)
-                loss = self._training_loss(x)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                meter.add(loss)
-                step, seen = step + 1, seen + len(idx)
-                if meter.due() or step == total:
-                    ctx.report(step=step, total_steps=total, epoch=epoch + 1, loss=meter.pop(), images=seen)
-                else:
-                    ctx.check_cancel()
-                if ctx.out_of_budget():
-                    break
-            else:
-                self.record_epoch_scores(ctx, epoch + 1, cfg["epochs"])
-                continue
-            break
+        self._train_epochs(len(images), ctx, step)
         net.eval()
         self._fit_error_statistics(images, ctx)
 

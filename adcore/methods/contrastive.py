@@ -28,8 +28,8 @@ from adcore.methods.base import (
     FitContext,
     Method,
     augment_batch,
-    epoch_batches,
     register_method,
+    steps_per_epoch,
     to_tensor,
 )
 from adcore.registry import Param
@@ -101,8 +101,7 @@ class Contrastive(EncoderFeatures, Method):
         reserve = time_one_pass(lambda: self._embed(sample), len(sample), len(images)) * 1.3
         prepared = prepared_uint8(images, cfg["normalize"], device)
         opt = make_optimizer(list(encoder.parameters()) + list(head.parameters()), cfg)
-        steps_per_epoch = len(list(epoch_batches(len(images), cfg["batch_size"], np.random.default_rng(0))))
-        clock = TrainingClock(cfg["epochs"] * steps_per_epoch, ctx.budget_s, ctx.started, reserve)
+        clock = TrainingClock(cfg["epochs"] * steps_per_epoch(len(images), cfg["batch_size"]), ctx.budget_s, ctx.started, reserve)
         key_net, queue = None, None
         if cfg["moco"]:
             key_net = copy.deepcopy(torch.nn.Sequential(encoder, head)).requires_grad_(False)

@@ -30,9 +30,9 @@ from adcore.methods.base import (
     FitContext,
     Method,
     augment_batch,
-    epoch_batches,
     gaussian_blur,
     register_method,
+    steps_per_epoch,
     to_tensor,
 )
 from adcore.registry import Param
@@ -134,8 +134,7 @@ class CutPaste(EncoderFeatures, Method):
         reserve = time_one_pass(lambda: self._embed_normal(sample), len(sample), len(images)) * 1.3
         prepared = prepared_uint8(images, cfg["normalize"], self.device_)
         opt = make_optimizer(list(encoder.parameters()) + list(head.parameters()), cfg)
-        steps_per_epoch = len(list(epoch_batches(len(images), cfg["batch_size"], np.random.default_rng(0))))
-        clock = TrainingClock(cfg["epochs"] * steps_per_epoch, ctx.budget_s, ctx.started, reserve)
+        clock = TrainingClock(cfg["epochs"] * steps_per_epoch(len(images), cfg["batch_size"]), ctx.budget_s, ctx.started, reserve)
         encoder.train()
         head.train()
 

@@ -14,7 +14,15 @@ from torch import nn
 from torch.nn.utils import spectral_norm
 
 from adcore.methods.autoencoder import Autoencoder
-from adcore.methods.base import FitContext, LossMeter, augment_batch, epoch_batches, register_method, to_tensor
+from adcore.methods.base import (
+    FitContext,
+    LossMeter,
+    augment_batch,
+    epoch_batches,
+    register_method,
+    steps_per_epoch,
+    to_tensor,
+)
 from adcore.registry import Param
 
 PHASE1_BUDGET_SHARE = 0.8  # of a time budget, the rest goes to the discriminator's second phase
@@ -80,8 +88,8 @@ class OGNet(Autoencoder):
         gen, disc = self.net_, self.disc_
         opt_g = torch.optim.Adam(gen.parameters(), lr=cfg["learning_rate"])
         opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
-        steps_per_epoch = max(1, len(list(epoch_batches(len(images), cfg["batch_size"], np.random.default_rng(0)))))
-        total = cfg["epochs"] * steps_per_epoch
+        per_epoch = max(1, steps_per_epoch(len(images), cfg["batch_size"]))
+        total = cfg["epochs"] * per_epoch
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt_g, max_lr=cfg["learning_rate"], total_steps=total, pct_start=0.1
         )
@@ -137,8 +145,8 @@ class OGNet(Autoencoder):
         normal, the old generator's reconstructions and two-image averages pseudo-anomalous."""
         cfg, device, disc = self.config_, self.device_, self.disc_
         opt = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.999))
-        steps_per_epoch = max(1, len(list(epoch_batches(len(images), cfg["batch_size"], np.random.default_rng(0)))))
-        total = cfg["discriminator_epochs"] * steps_per_epoch
+        per_epoch = max(1, steps_per_epoch(len(images), cfg["batch_size"]))
+        total = cfg["discriminator_epochs"] * per_epoch
         meter, step, seen = LossMeter(), 0, 0
         for epoch in range(cfg["discriminator_epochs"]):
             for idx in epoch_batches(len(images), cfg["batch_size"], self.rng_):

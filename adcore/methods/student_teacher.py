@@ -19,9 +19,7 @@ from adcore.encoders import warmup_cosine
 from adcore.methods.autoencoder import map_score_params, map_statistic
 from adcore.methods.base import (
     FitContext,
-    LossMeter,
     Method,
-    epoch_batches,
     gaussian_blur,
     register_method,
     to_tensor,
@@ -255,7 +253,6 @@ class StudentTeacher(Method):
     # -- learning ------------------------------------------------------------------------------
     def _fit(self, images: np.ndarray, ctx: FitContext) -> None:
         cfg, device = self.config_, self.device_
-        bs = cfg["batch_size"]
         # The teacher is frozen: its features of every normal image are computed once.
         targets = []
         with torch.inference_mode():
@@ -271,44 +268,32 @@ class StudentTeacher(Method):
 
         params = [p for s in self.students_ for p in s.parameters()]
         opt = torch.optim.Adam(params, lr=cfg["learning_rate"], weight_decay=1e-5)
-        steps_per_epoch = max(1, len(list(epoch_batches(len(images), bs, np.random.default_rng(0)))))
-        total = cfg["epochs"] * steps_per_epoch
+        total = self._total_steps(len(images))
         # The learning rate warms up and then decays on a cosine over the training, measured in steps
         # or, with a time budget, in time (whichever is further along), so that a budget-cut
         # training still ends with a small learning rate instead of stopping at its peak.
         train_start = time.monotonic()
         train_s = None if ctx.budget_s is None else max(1.0, (ctx.budget_s - (train_start - ctx.started)) * 0.95)
-        meter, step, seen = LossMeter(), 0, 0
+
+        def step(idx: np.ndarray, done: int) -> torch.Tensor | None:
+            progress = done / total
+            if train_s is not None:
+                progress = max(progress, (time.monotonic() - train_start) / train_s)
+            if progress >= 1.0:  # the budget's last 5 % is for measuring the map on normal images
+                ctx.stopped_by_budget = True
+                return None
+            for group in opt.param_groups:
+                group["lr"] = cfg["learning_rate"] * warmup_cosine(progress, 0.05)
+            x = to_tensor(images[idx], device)
+            target = targets[torch.from_numpy(idx).to(device)]
+            loss = (self._student_predictions(x) - target[None]).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss
+
         self.students_.train()
-        for epoch in range(cfg["epochs"]):
-            for idx in epoch_batches(len(images), bs, self.rng_):
-                progress = step / total
-                if train_s is not None:
-                    progress = max(progress, (time.monotonic() - train_start) / train_s)
-                if progress >= 1.0:  # the budget's last 5 % is for measuring the map on normal images
-                    ctx.stopped_by_budget = True
-                    break
-                for group in opt.param_groups:
-                    group["lr"] = cfg["learning_rate"] * warmup_cosine(progress, 0.05)
-                x = to_tensor(images[idx], device)
-                target = targets[torch.from_numpy(idx).to(device)]
-                predictions = self._student_predictions(x)
-                loss = (predictions - target[None]).pow(2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                meter.add(loss)
-                step, seen = step + 1, seen + len(idx)
-                if meter.due() or step == total:
-                    ctx.report(step=step, total_steps=total, epoch=epoch + 1, loss=meter.pop(), images=seen)
-                else:
-                    ctx.check_cancel()
-                if ctx.out_of_budget():
-                    break
-            else:
-                self.record_epoch_scores(ctx, epoch + 1, cfg["epochs"])
-                continue
-            break
+        self._train_epochs(len(images), ctx, step)
         self.students_.eval()
         self._fit_map_statistics(images, targets, ctx)
 
