@@ -31,11 +31,13 @@ def pixel_auroc(
 ) -> float | None:
     """Pixel AUROC over all images that have a mask (normal images count as all-normal pixels).
 
-    Maps and masks are compared at most ``max_side`` pixels on the long side, so the cost stays
-    bounded on large sets; ``masks[i]`` is None for an image without ground truth, which is left out
-    unless it is normal (pass an all-False mask for normal images).
+    Every pixel of every photo counts the same, as at full resolution. For speed, maps and masks are
+    compared at most ``max_side`` pixels on the long side, and each compared pixel is weighted by the
+    number of original pixels it stands for, so a large photo weighs what its pixels weigh, not what a
+    small one does. ``masks[i]`` is None for an image without ground truth, which is left out unless
+    it is normal (pass an all-False mask for normal images).
     """
-    values, labels = [], []
+    values, labels, weights = [], [], []
     for amap, mask in zip(maps, masks):
         if mask is None:
             continue
@@ -46,12 +48,13 @@ def pixel_auroc(
         g = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
         values.append(m.ravel())
         labels.append(g.ravel())
+        weights.append(np.full(g.size, h * w / g.size))
     if not labels:
         return None
     y = np.concatenate(labels)
     if y.all() or not y.any():
         return None
-    return float(roc_auc_score(y, np.concatenate(values)))
+    return float(roc_auc_score(y, np.concatenate(values), sample_weight=np.concatenate(weights)))
 
 
 # -- scorers for any embedding ---------------------------------------------------------------------

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from sklearn.covariance import LedoitWolf
 
-from adcore.scoring import SCORERS, build_scorer, rescore_run
+from sklearn.metrics import roc_auc_score
+
+from adcore.scoring import SCORERS, build_scorer, pixel_auroc, rescore_run
 
 
 def _normal_and_tests(seed: int = 0, dim: int = 12):
@@ -120,3 +122,23 @@ def test_rescore_uses_stored_embeddings_fitted_on_the_fit_rows_only():
     assert scores[-1] == scores.max()
     with pytest.raises(ValueError, match="no embeddings"):
         rescore_run(FakeRun({"role": role, "score": np.zeros(len(role))}), "knn")
+
+
+def test_pixel_auroc_counts_every_pixel_the_same_whatever_the_photo_size():
+    # A large photo whose defect (top half) scores 0.4 above its normal half at 0, and a small normal
+    # photo scoring 0.5 everywhere. At full resolution the large photo's 32768 normal pixels outrank
+    # the defect and only the small photo's 1024 do not: AUROC 32768 / 33792. Shrinking each photo to
+    # the same side for speed must not let the small photo weigh as much as the large one (0.33).
+    big_map = np.zeros((256, 256), np.float32)
+    big_map[:128] = 0.4
+    big_mask = np.zeros((256, 256), bool)
+    big_mask[:128] = True
+    small_map = np.full((32, 32), 0.5, np.float32)
+    small_mask = np.zeros((32, 32), bool)
+    full = roc_auc_score(np.r_[big_mask.ravel(), small_mask.ravel()], np.r_[big_map.ravel(), small_map.ravel()])
+    assert full == pytest.approx(32768 / 33792)
+    assert pixel_auroc([big_map, small_map], [big_mask, small_mask], max_side=16) == pytest.approx(full, abs=1e-3)
+    assert pixel_auroc([big_map, small_map], [big_mask, small_mask], max_side=512) == pytest.approx(full)
+    # A photo without ground truth is left out; no defect pixel at all gives None.
+    assert pixel_auroc([big_map, small_map], [big_mask, None], max_side=16) == pytest.approx(1.0)
+    assert pixel_auroc([small_map], [small_mask]) is None
