@@ -175,6 +175,20 @@ def resnet18_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE
 
 
+def cached_resnet18_state(instead: str) -> dict | None:
+    """torchvision's ImageNet ResNet-18 weights from the local torch cache, or None with a warning
+    that ``instead`` is used: offline machines cannot download them (the Lite0 weights ship with a
+    pip package)."""
+    path = resnet18_weights_path()
+    if not path.is_file():
+        warnings.warn(
+            f"ResNet-18 ImageNet weights not found at {path} (offline, nothing downloaded); using {instead} instead",
+            stacklevel=3,
+        )
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 # -- registry --------------------------------------------------------------------------------------
 
 BACKBONES: Registry[Callable[[bool], Backbone]] = Registry("backbone")
@@ -192,17 +206,11 @@ def _efficientnet_lite0(pretrained: bool) -> Backbone:
 def _resnet18(pretrained: bool) -> Backbone:
     if not pretrained:
         return ResNet18()
-    path = resnet18_weights_path()
-    if not path.is_file():
-        # Offline machines cannot download it; the Lite0 weights ship with a pip package.
-        warnings.warn(
-            f"ResNet-18 ImageNet weights not found at {path} (offline, nothing downloaded); "
-            "using efficientnet_lite0 instead",
-            stacklevel=3,
-        )
+    state = cached_resnet18_state("efficientnet_lite0")
+    if state is None:
         return _efficientnet_lite0(True)
     net = ResNet18()
-    net.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    net.net.load_state_dict(state, strict=True)
     return net
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -142,28 +141,31 @@ def build_encoder(config: dict) -> tuple[nn.Module, str]:
         return ResNetEncoder(config["width"], blocks), "resnet"
     if config["width"] != 64 or blocks != [2, 2, 2, 2]:
         raise ValueError("pretrained ResNet weights exist only for ResNet-18: width 64, blocks 2,2,2,2")
-    from adcore.backbones import resnet18_weights_path
+    from adcore.backbones import cached_resnet18_state
 
-    path = resnet18_weights_path()
-    if not path.is_file():
-        warnings.warn(
-            f"ResNet-18 ImageNet weights not found at {path} (offline, nothing downloaded); "
-            "using a pretrained efficientnet_lite0 encoder instead",
-            stacklevel=2,
-        )
+    state = cached_resnet18_state("a pretrained efficientnet_lite0 encoder")
+    if state is None:
         return Lite0Encoder(True), "efficientnet_lite0"
     net = ResNetEncoder(64, blocks)
-    state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=True)
     return net, "resnet"
+
+
+def normalize_exposure(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> each image shifted and scaled so that its median is 0.45 and its
+    interquartile range that of a spread of 0.225, over all pixels and channels: the same part
+    photographed brighter or darker looks the same. Median and quartiles rather than mean and
+    standard deviation, so a large dark or bright defect does not change how the rest looks."""
+    levels = torch.tensor([0.25, 0.5, 0.75], device=x.device, dtype=x.dtype)
+    q = torch.stack([torch.quantile(image.flatten(), levels) for image in x]).view(-1, 3, 1, 1, 1)
+    spread = (q[:, 2] - q[:, 0]) / 1.349  # the interquartile range of a normal distribution is 1.349 sigma
+    return (x - q[:, 1]) / (spread + 1e-3) * 0.225 + 0.45
 
 
 def prepare(x: torch.Tensor, normalize: str) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] -> the network's input: with ``normalize="image"`` each photo's
     exposure is evened out (``normalize_exposure``) and the result clipped back to [0, 1]."""
     if normalize == "image":
-        from adcore.methods.patchcore import normalize_exposure
-
         return normalize_exposure(x).clamp_(0.0, 1.0)
     return x
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from adcore.backbones import BACKBONES, load_backbone
+from adcore.encoders import normalize_exposure
 from adcore.methods.base import COMMON_PARAMS, FitContext, Method, aspect_shape, gaussian_blur, register_method
 from adcore.registry import Param
 
@@ -26,17 +27,6 @@ DISTANCE_CHUNK = 1 << 22  # query x bank distances computed at once (16 MB of fl
 
 def parse_layers(text: str) -> list[int]:
     return [int(s) for s in text.split("+")]
-
-
-def normalize_exposure(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> each image shifted and scaled so that its median is 0.45 and its
-    interquartile range that of a spread of 0.225, over all pixels and channels: the same part
-    photographed brighter or darker looks the same. Median and quartiles rather than mean and
-    standard deviation, so a large dark or bright defect does not change how the rest looks."""
-    levels = torch.tensor([0.25, 0.5, 0.75], device=x.device, dtype=x.dtype)
-    q = torch.stack([torch.quantile(image.flatten(), levels) for image in x]).view(-1, 3, 1, 1, 1)
-    spread = (q[:, 2] - q[:, 0]) / 1.349  # the interquartile range of a normal distribution is 1.349 sigma
-    return (x - q[:, 1]) / (spread + 1e-3) * 0.225 + 0.45
 
 
 class PretrainedFeatures(Method):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adcore.backbones import BACKBONES, load_backbone, resnet18_weights_path
-from adcore.encoders import warmup_cosine
+from adcore.encoders import normalize_exposure, warmup_cosine
 from adcore.methods.autoencoder import map_score_params, map_statistic
 from adcore.methods.base import (
     FitContext,
@@ -24,7 +24,7 @@ from adcore.methods.base import (
     register_method,
     to_tensor,
 )
-from adcore.methods.patchcore import LAYER_CHOICES, normalize_exposure, parse_layers
+from adcore.methods.patchcore import LAYER_CHOICES, parse_layers
 from adcore.registry import Param
 
 DEFAULT_TEACHER = "efficientnet_lite0"
