@@ -161,8 +161,8 @@ class StudentTeacher(Method):
         Param("learning_rate", float, 1e-3, "Adam learning rate.", 1e-5, 1e-1, log=True),
         Param("variance_weight", float, 0.25, "Map = normalised regression error + this x normalised "
               "variance of the students. The paper adds them (1); with a few small students trained for "
-              "minutes their disagreement is partly noise (on the tile set: pixel AUROC 0.81 with 0, "
-              "0.80 with 0.25, 0.77 with 1), so it counts a quarter by default.", 0.0, 4.0),
+              "minutes their disagreement is partly noise (on the tile set a weight of 1 localised defects "
+              "worst of 0, 0.25 and 1), so it counts a quarter by default.", 0.0, 4.0),
         Param("map_sigma", float, 4.0, "Gaussian smoothing of the anomaly map, in pixels at image_size.", 0.0, 32.0),
         *map_score_params(0.01),
     ]
