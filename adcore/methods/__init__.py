@@ -9,6 +9,7 @@ from adcore.methods.base import METHODS, Cancelled, FitContext, Method, Predicti
 # Importing a module registers its methods.
 from adcore.methods import autoencoder  # noqa: F401  (registers "autoencoder")
 from adcore.methods import patchcore  # noqa: F401  (registers "patchcore", "pretrained_gaussian")
+from adcore.methods import segmenter  # noqa: F401  (registers "patchcore_segmenter")
 from adcore.methods import memae  # noqa: F401  (registers "memae")
 from adcore.methods import gan  # noqa: F401  (registers "ognet")
 from adcore.methods import student_teacher  # noqa: F401  (registers "student_teacher")

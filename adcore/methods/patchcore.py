@@ -281,14 +281,22 @@ class PatchCore(PretrainedFeatures):
             self.bank_ = patches[idx.to(patches.device)].contiguous()
         ctx.report(step=n_keep, total_steps=n_keep, images=len(images), phase="selecting coreset")
 
-    def _predict_batch(self, x: torch.Tensor) -> dict:
-        cfg = self.config_
-        emb = self._embed(x)
+    def _distances(self, emb: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) patch embeddings -> (B, 1, h, w) distances to the nearest remembered patches."""
         b, d, h, w = emb.shape
-        scores = knn_distance(emb.permute(0, 2, 3, 1).reshape(-1, d), self.bank_, cfg["neighbours"])
-        maps = F.interpolate(scores.view(b, 1, h, w), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        maps = gaussian_blur(maps[:, 0], cfg["map_sigma"])
+        scores = knn_distance(emb.permute(0, 2, 3, 1).reshape(-1, d), self.bank_, self.config_["neighbours"])
+        return scores.view(b, 1, h, w)
+
+    def _outputs(self, x: torch.Tensor, emb: torch.Tensor, patch_scores: torch.Tensor) -> dict:
+        """(B, 1, h, w) patch scores -> the smoothed maps at the input size, their maxima as image
+        scores, and the mean patch embedding of each image."""
+        maps = F.interpolate(patch_scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        maps = gaussian_blur(maps[:, 0], self.config_["map_sigma"])
         return {"scores": maps.flatten(1).max(1).values, "embeddings": emb.mean((2, 3)), "maps": maps}
+
+    def _predict_batch(self, x: torch.Tensor) -> dict:
+        emb = self._embed(x)
+        return self._outputs(x, emb, self._distances(emb))
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         state = {"bank": self.bank_, **self._backbone_marker()}
