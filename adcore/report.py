@@ -29,7 +29,7 @@ from adcore.export import fit_run_scorer, map_display_range, run_threshold, Scor
 from adcore.projection import map_groups, group_order, project_run, score_history
 from adcore.runs import Run, load_run
 from adcore.scoring import image_metrics
-from adcore.threshold import Threshold, format_percent
+from adcore.threshold import Threshold, format_percent, synthetic_caveat
 
 TOP_ANOMALIES = 8
 PICTURE_SIDE = 240
@@ -186,6 +186,9 @@ def _results(run: Run, ctx: viz.ScoreContext, view: viz.ThresholdView, threshold
     ]
     if recall_rows:
         body += "<h3>What the threshold catches</h3>" + _table(["defects", "images", "caught", "recall"], recall_rows)
+    caveat = synthetic_caveat(run) if any(r.synthetic for r in view.recalls) else None
+    if caveat:
+        body += f'<p class="warn">{html.escape(caveat)}</p>'
     group_rows = [[g["group"], g["images"], g["flagged"], g["flagged means"]] for g in view.group_rows]
     body += "<h3>Flagged per group</h3>" + _table(["group", "images", "flagged", "flagged means"], group_rows)
     return _section("Results", body)

@@ -485,6 +485,19 @@ class RecallEstimate:
         return asdict(self)
 
 
+def synthetic_caveat(run: Run) -> str | None:
+    """What to add to the synthetic recall of a run whose method learned to find such pastes (CutPaste,
+    the PatchCore segmenter): it catches them more easily than real defects. Runs saved before the
+    config said so are known by their method."""
+    config = run.config or {}
+    if not config.get("learns_pasted_defects", config.get("method") == "cutpaste"):
+        return None
+    return (
+        f"{config.get('method', 'This method')} was trained to find defects pasted this way, so it catches "
+        "these more easily than real ones: this estimate overstates recall on real defects."
+    )
+
+
 def synthetic_recall(run: Run, threshold: float, scores: np.ndarray | None = None) -> dict[str, RecallEstimate]:
     """Share of the run's synthetic CutPaste / scar defects caught at ``threshold``, per kind.
 

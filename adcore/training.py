@@ -168,6 +168,7 @@ def train_run(
         "method": spec.method,
         "params": params,
         "augmentations": [[n, p] for n, p in method.augmentations_],
+        "learns_pasted_defects": type(method).learns_pasted_defects,
         "holdout_fraction": spec.holdout_fraction,
         "budget_s": spec.budget_s,
         "data": {

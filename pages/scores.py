@@ -22,6 +22,7 @@ from adcore.threshold import (
     f1_optimal_threshold,
     false_alarm_estimate,
     format_percent,
+    synthetic_caveat,
     threshold_for_false_alarm_rate,
     threshold_for_recall,
 )
@@ -277,6 +278,9 @@ def show_metrics(ctx: viz.ScoreContext, view: viz.ThresholdView) -> None:
             )
             for r in synthetic:
                 st.markdown(f"- {r.sentence}")
+            caveat = synthetic_caveat(ctx.run)
+            if caveat:
+                st.warning(caveat, icon=":material/warning:")
     st.dataframe(
         [{**r, "share flagged": 100 * r["share flagged"]} for r in view.group_rows],
         hide_index=True,

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from adcore import viz
 from adcore.runs import Run, load_run
-from adcore.threshold import default_threshold
+from adcore.threshold import default_threshold, synthetic_caveat
 from adcore.training import TrainSpec, train_run
 from tests.helpers import make_tiny_mvtec, texts  # noqa: E402
 
@@ -345,6 +345,26 @@ def test_far_out_synthetic_scores_do_not_squeeze_the_real_ones(tmp_path):
     low, high = figure.layout.xaxis.range
     assert low < 0 and 2.0 < high < 10, "the axis ends a little beyond the real scores, not at 101"
     assert "5 synthetic score(s) up to 101" in figure.layout.annotations[0].text
+
+
+def test_synthetic_recall_is_flagged_as_optimistic_when_the_method_learned_such_pastes(runs, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    caveat = "was trained to find defects pasted this way"
+    assert load_run(runs["root"] / runs["normal"]).config["learns_pasted_defects"] is False  # an autoencoder
+    assert caveat not in texts(open_page("pages/scores.py", runs["normal"]))
+    # The same run as if its method had trained on CutPaste defects (CutPaste, the PatchCore segmenter).
+    folder = tmp_path / "runs" / runs["normal"]
+    shutil.copytree(runs["root"] / runs["normal"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "learns_pasted_defects": True}))
+    monkeypatch.setenv("ADCORE_RUNS_DIR", str(tmp_path / "runs"))
+    assert caveat in " ".join(w.value for w in open_page("pages/scores.py", runs["normal"]).warning)
+    # Runs saved before the config said so: a CutPaste run is known by its method.
+    del config["learns_pasted_defects"]
+    (folder / "config.json").write_text(json.dumps({**config, "method": "cutpaste"}))
+    assert synthetic_caveat(load_run(folder)).startswith("cutpaste was trained to find defects pasted this way")
 
 
 def test_a_run_without_embeddings_or_maps(runs, tmp_path, monkeypatch):

@@ -220,6 +220,8 @@ class Method:
     params: ClassVar[list[Param]] = []
     default_augmentations: ClassVar[list[tuple[str, dict]]] = []
     augmentation_role: ClassVar[str] = ""  # what augmentations mean to this method, in the user's words
+    # Trained to find CutPaste / scar pastes: a run's synthetic-defect recall then overstates real recall.
+    learns_pasted_defects: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.params = params

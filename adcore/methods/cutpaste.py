@@ -60,6 +60,7 @@ class CutPaste(EncoderFeatures, Method):
         "really show (lighting, small shifts). The pasted defects themselves are the method's own."
     )
     default_augmentations: list[tuple[str, dict]] = []
+    learns_pasted_defects = True
     params = [
         Param("variant", str, "3way", "Pretext task: binary (normal vs pasted patch), scar (normal vs pasted "
               "thin scar) or 3way (normal / patch / scar).", choices=tuple(VARIANTS)),

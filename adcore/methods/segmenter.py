@@ -51,6 +51,7 @@ class PatchCoreSegmenter(PatchCore):
         "jitter add normal variation. The chain needs at least one pasting step."
     )
     default_augmentations: list[tuple[str, dict]] = [("cutpaste", {}), ("cutpaste_scar", {})]
+    learns_pasted_defects = True
     params = PatchCore.params + [
         Param("epochs", int, 8, "Passes of the segmenter over the normal photos (a time budget may end "
               "training sooner).", 1, 500),
