@@ -95,6 +95,9 @@ def test_a_normal_only_run_reports_without_a_confusion_matrix(tmp_path):
     assert "Confusion matrix on test normals" not in page
     assert "synthetic cutpaste (not real)" in page
     assert "Image AUROC" not in page  # nothing to measure it on
+    assert "trained to find defects pasted this way" not in page  # an autoencoder did not learn pastes
+    update_config(run.path, learns_pasted_defects=True)
+    assert "trained to find defects pasted this way" in build_report(load_run(run.path), embedding_map=False)
 
 
 def test_missing_run_is_a_clear_error(tmp_path, capsys):
