@@ -289,6 +289,13 @@ class Method:
         """What ``_fit`` receives: by default (N, S, S, 3) uint8 at the configured size."""
         return resize_images(images, self.config_["image_size"])
 
+    def _shape_groups(self, images: Sequence[np.ndarray]) -> dict[tuple[int, int], list[int]]:
+        """Indices of ``images`` by the (H, W) each becomes for the network, in order of first appearance."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(self._input_shape(*image.shape[:2]), []).append(i)
+        return groups
+
     def _shaped_batches(
         self, images: Sequence[np.ndarray], batch_size: int
     ) -> Iterator[tuple[list[int], torch.Tensor]]:
@@ -296,12 +303,9 @@ class Method:
         become the same shape share batches; batches come in the order of their first image, so
         shapes interleave (a fit stopped by its budget has seen every shape) and with the default
         square every batch is simply in order."""
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, image in enumerate(images):
-            groups.setdefault(self._input_shape(*image.shape[:2]), []).append(i)
         batches = [
             (shape, members[start : start + batch_size])
-            for shape, members in groups.items()
+            for shape, members in self._shape_groups(images).items()
             for start in range(0, len(members), batch_size)
         ]
         for (h, w), idx in sorted(batches, key=lambda batch: batch[1][0]):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Callable, Iterator, Sequence
@@ -81,9 +80,8 @@ class PretrainedFeatures(Method):
     def _each_batch(self, images: Sequence[np.ndarray], ctx: FitContext, phase: str) -> Iterator[torch.Tensor]:
         """Yield (B, 3, H, W) tensors of ``images`` at their input shapes, reporting progress; stops
         early (keeping what was seen) when the budget is spent."""
-        shapes = Counter(self._input_shape(*image.shape[:2]) for image in images)
         bs = self.config_["batch_size"]
-        total, seen = sum(math.ceil(count / bs) for count in shapes.values()), 0
+        total, seen = sum(math.ceil(len(members) / bs) for members in self._shape_groups(images).values()), 0
         for step, (idx, x) in enumerate(self._shaped_batches(images, bs), 1):
             yield x
             seen += len(idx)

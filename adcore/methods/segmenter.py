@@ -129,12 +129,9 @@ class PatchCoreSegmenter(PatchCore):
     def _defect_batches(self, images: list[np.ndarray]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Photos grouped by input shape -> ((B, 3, H, W) input, (B, H, W) defect mask) pairs: about
         half the photos get the augmentation chain (and its pasted defects), the rest are unchanged."""
-        groups: dict[tuple[int, int], list[np.ndarray]] = {}
-        for image in images:
-            groups.setdefault(self._input_shape(*image.shape[:2]), []).append(image)
         out = []
-        for (h, w), members in groups.items():
-            batch = resize_to(members, h, w)
+        for (h, w), members in self._shape_groups(images).items():
+            batch = resize_to([images[i] for i in members], h, w)
             masks = np.zeros((len(members), h, w), dtype=np.float32)
             for j in np.flatnonzero(self.rng_.random(len(members)) < DEFECT_SHARE):
                 result = compose(self.augmentations_, batch[j], self.rng_)
