@@ -1,9 +1,9 @@
-"""Anomaly Inspector: page navigation and the session's shared state; every page lives in pages/."""
+"""Anomaly Inspector: page navigation and the session's shared state; every page lives in app_pages/."""
 
 import streamlit as st
 
 from adcore.methods import DEFAULT_METHOD, get_method_class
-from pages import common
+from app_pages import common
 
 st.set_page_config(page_title="Anomaly Inspector", page_icon=":material/frame_inspect:", layout="wide")
 
@@ -16,17 +16,17 @@ st.session_state.setdefault("selected_run", None)  # run id the Explore/Compare 
 
 PAGES = {
     "Data": [
-        st.Page("pages/data.py", title="Data", icon=":material/photo_library:", default=True),
-        st.Page("pages/augmentations.py", title="Augmentations", icon=":material/auto_fix_high:"),
+        st.Page("app_pages/data.py", title="Data", icon=":material/photo_library:", default=True),
+        st.Page("app_pages/augmentations.py", title="Augmentations", icon=":material/auto_fix_high:"),
     ],
     "Model": [
-        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
     ],
     "Explore": [
-        st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
-        st.Page("pages/scores.py", title="Scores & threshold", icon=":material/tune:"),
-        st.Page("pages/inspect.py", title="Inspect", icon=":material/zoom_in:"),
-        st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+        st.Page("app_pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
+        st.Page("app_pages/scores.py", title="Scores & threshold", icon=":material/tune:"),
+        st.Page("app_pages/inspect.py", title="Inspect", icon=":material/zoom_in:"),
+        st.Page("app_pages/compare.py", title="Compare", icon=":material/compare:"),
     ],
 }
 

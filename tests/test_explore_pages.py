@@ -25,7 +25,7 @@ from tests.helpers import make_tiny_mvtec, texts  # noqa: E402
 APP = Path(__file__).resolve().parent.parent / "app.py"
 TINY = {"image_size": 32, "epochs": 2, "width": 8, "batch_size": 4}
 TIMEOUT_S = 60
-PAGES = ("pages/embeddings.py", "pages/scores.py", "pages/inspect.py", "pages/compare.py")
+PAGES = ("app_pages/embeddings.py", "app_pages/scores.py", "app_pages/inspect.py", "app_pages/compare.py")
 
 
 @pytest.fixture(scope="module")
@@ -91,22 +91,22 @@ def rerun(changed) -> AppTest:
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_for_a_labelled_run(runs, page):
     at = open_page(page, runs["labelled"])
-    if page != "pages/compare.py":
+    if page != "app_pages/compare.py":
         assert at.selectbox(key=f"{Path(page).stem}.run").value == runs["labelled"]
     assert at.session_state["selected_run"] == runs["labelled"]
-    if page == "pages/embeddings.py":
+    if page == "app_pages/embeddings.py":
         assert at.get("plotly_chart"), "the map"
         assert "16-number embedding" in texts(at)
-    if page == "pages/scores.py":
+    if page == "app_pages/scores.py":
         assert confusion(at)[0][0] + confusion(at)[0][1] == 3  # 3 test defects
         charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
         history = next(c for c in charts if c["layout"]["title"]["text"] == "Scores during training")
         assert {t["name"] for t in history["data"]} >= {"hold-out normal"}
         assert "recorded no scores" not in texts(at)
-    if page == "pages/inspect.py":
+    if page == "app_pages/inspect.py":
         assert {"Anomaly score", "Decision", "Image threshold"} <= {m.label for m in at.metric}
         assert len(at.image) >= 3  # original, heat map (+ colour bar), predicted region
-    if page == "pages/compare.py":
+    if page == "app_pages/compare.py":
         table = at.dataframe[0].value
         assert set(table["name"]) == {"labelled", "normal only"}
 
@@ -128,7 +128,7 @@ def test_without_runs_the_pages_say_where_to_start(tmp_path, monkeypatch, page):
 
 
 def test_moving_the_threshold_changes_the_confusion_matrix(runs):
-    at = open_page("pages/scores.py", runs["labelled"])
+    at = open_page("app_pages/scores.py", runs["labelled"])
     prefix = f"scores.{runs['labelled']}.method"
     assert at.radio(key=f"{prefix}.mode").value == "False-alarm target"  # the default drives
     run = load_run(runs["root"] / runs["labelled"])
@@ -153,12 +153,12 @@ def test_moving_the_threshold_changes_the_confusion_matrix(runs):
     assert saved["threshold"]["details"]["rule"] == "f1_optimal" and saved["scorer"] is None
     assert "saved with the run" in texts(at)
     # Compare and Inspect decide with the same threshold.
-    at.switch_page("pages/inspect.py").run()
+    at.switch_page("app_pages/inspect.py").run()
     assert metric(at, "Image threshold") == f"{saved['threshold']['value']:.4g}"
 
 
 def test_target_false_alarm_rate_drives_and_the_value_follows(runs):
-    at = open_page("pages/scores.py", runs["labelled"])
+    at = open_page("app_pages/scores.py", runs["labelled"])
     prefix = f"scores.{runs['labelled']}.method"
     rerun(at.button(key=f"{prefix}.default").click())
     rerun(at.slider(key=f"{prefix}.target").set_value(50.0))  # half of the 2 hold-out normals
@@ -169,7 +169,7 @@ def test_target_false_alarm_rate_drives_and_the_value_follows(runs):
 
 
 def test_a_normal_only_run_gets_an_honest_threshold(runs):
-    at = open_page("pages/scores.py", runs["normal"])
+    at = open_page("app_pages/scores.py", runs["normal"])
     page = texts(at)
     assert "only normal images" in page
     run = load_run(runs["root"] / runs["normal"])
@@ -185,7 +185,7 @@ def test_a_normal_only_run_gets_an_honest_threshold(runs):
 
 
 def test_scores_page_offers_embedding_scorers(runs):
-    at = open_page("pages/scores.py", runs["labelled"])
+    at = open_page("app_pages/scores.py", runs["labelled"])
     scorer = at.selectbox(key=f"scores.{runs['labelled']}.scorer")
     rerun(scorer.set_value("centroid_euclidean"))
     assert at.radio(key=f"scores.{runs['labelled']}.centroid_euclidean.mode").value == "False-alarm target"
@@ -196,7 +196,7 @@ def test_scores_page_offers_embedding_scorers(runs):
 
 
 def test_inspect_browses_reconstructs_and_scores_a_new_image(runs):
-    at = open_page("pages/inspect.py", runs["labelled"])
+    at = open_page("app_pages/inspect.py", runs["labelled"])
     key = f"inspect.{runs['labelled']}.row"
     first = at.selectbox(key=key).value
     rerun(at.button(key="inspect.next").click())
@@ -225,7 +225,7 @@ def test_inspect_browses_reconstructs_and_scores_a_new_image(runs):
 
 
 def test_inspect_opens_on_an_image_picked_elsewhere(runs):
-    at = open_page("pages/scores.py", runs["labelled"])
+    at = open_page("app_pages/scores.py", runs["labelled"])
     button = next(b for b in at.button if ".gallery0." in (b.key or ""))
     row = int(button.key.rsplit(".", 1)[1])
     button.click().run()
@@ -238,7 +238,7 @@ def test_inspect_opens_on_an_image_picked_elsewhere(runs):
 
 
 def test_embeddings_in_3d_and_coloured_by_score(runs):
-    at = open_page("pages/embeddings.py", runs["labelled"])
+    at = open_page("app_pages/embeddings.py", runs["labelled"])
     at.radio(key="embeddings.dims").set_value(3)
     at.slider(key="embeddings.perplexity").set_value(4)
     rerun(at.button[0].click())  # the form's Draw map
@@ -250,7 +250,7 @@ def test_embeddings_in_3d_and_coloured_by_score(runs):
 
 
 def test_compare_highlights_and_presents(runs):
-    at = open_page("pages/compare.py", runs["labelled"])
+    at = open_page("app_pages/compare.py", runs["labelled"])
     assert at.multiselect(key="compare.runs").value[0] == runs["labelled"]
     assert len(at.multiselect(key="compare.runs").value) == 2
     rerun(at.segmented_control(key="compare.view").set_value("roc"))
@@ -353,14 +353,14 @@ def test_synthetic_recall_is_flagged_as_optimistic_when_the_method_learned_such_
 
     caveat = "was trained to find defects pasted this way"
     assert load_run(runs["root"] / runs["normal"]).config["learns_pasted_defects"] is False  # an autoencoder
-    assert caveat not in texts(open_page("pages/scores.py", runs["normal"]))
+    assert caveat not in texts(open_page("app_pages/scores.py", runs["normal"]))
     # The same run as if its method had trained on CutPaste defects (CutPaste, the PatchCore segmenter).
     folder = tmp_path / "runs" / runs["normal"]
     shutil.copytree(runs["root"] / runs["normal"], folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "learns_pasted_defects": True}))
     monkeypatch.setenv("ADCORE_RUNS_DIR", str(tmp_path / "runs"))
-    assert caveat in " ".join(w.value for w in open_page("pages/scores.py", runs["normal"]).warning)
+    assert caveat in " ".join(w.value for w in open_page("app_pages/scores.py", runs["normal"]).warning)
     # Runs saved before the config said so: a CutPaste run is known by its method.
     del config["learns_pasted_defects"]
     (folder / "config.json").write_text(json.dumps({**config, "method": "cutpaste"}))
@@ -377,11 +377,11 @@ def test_a_run_without_embeddings_or_maps(runs, tmp_path, monkeypatch):
         kept = {k: data[k] for k in data.files if k not in ("embedding", "anomaly_map")}
     np.savez_compressed(folder / "results.npz", **kept)
     monkeypatch.setenv("ADCORE_RUNS_DIR", str(tmp_path / "runs"))
-    at = open_page("pages/embeddings.py", runs["labelled"])
+    at = open_page("app_pages/embeddings.py", runs["labelled"])
     assert "stores no embeddings" in texts(at) and not at.get("plotly_chart")
-    at = open_page("pages/scores.py", runs["labelled"])
+    at = open_page("app_pages/scores.py", runs["labelled"])
     assert not [s for s in at.selectbox if s.label == "Image score"], "no embedding scorers without embeddings"
-    at = open_page("pages/inspect.py", runs["labelled"])
+    at = open_page("app_pages/inspect.py", runs["labelled"])
     assert "This method gives no anomaly map" in texts(at)
 
 
@@ -389,7 +389,7 @@ def test_inspect_scores_with_a_model_file_and_refuses_a_bad_one(runs, tmp_path):
     from adcore.export import export_run
 
     model = export_run(runs["root"] / runs["labelled"], tmp_path / "m.adcore").read_bytes()
-    at = open_page("pages/inspect.py", runs["labelled"])
+    at = open_page("app_pages/inspect.py", runs["labelled"])
     rerun(at.segmented_control(key="inspect.score_with").set_value("A model file"))
     broken = bytearray(model)
     broken[len(broken) // 2] ^= 0xFF
@@ -408,14 +408,14 @@ def test_inspect_scores_with_a_model_file_and_refuses_a_bad_one(runs, tmp_path):
 
 
 def test_compare_offers_the_model_file_and_report_downloads(runs):
-    at = open_page("pages/compare.py", runs["labelled"])
+    at = open_page("app_pages/compare.py", runs["labelled"])
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["Model file", "HTML report"]
     assert at.selectbox(key="compare.handoff").value == runs["labelled"]
 
 
 def test_few_shot_classifier_is_cross_validated_on_the_scores_page(runs):
-    at = open_page("pages/scores.py", runs["labelled"])
+    at = open_page("app_pages/scores.py", runs["labelled"])
     rerun(at.button(key="scores.fewshot").click())
     labels = [m.label for m in at.metric]
     assert "Classifier AUROC (out of fold)" in labels and "The run's own score, same images" in labels
@@ -424,5 +424,5 @@ def test_few_shot_classifier_is_cross_validated_on_the_scores_page(runs):
     assert folds["scored"].sum() == 8 and len(folds) == 3
     at.run()  # any later rerun (a slider moved) keeps the result on the page
     assert "Classifier AUROC (out of fold)" in [m.label for m in at.metric]
-    normal = open_page("pages/scores.py", runs["normal"])
+    normal = open_page("app_pages/scores.py", runs["normal"])
     assert "Once some labelled defect images" in texts(normal)

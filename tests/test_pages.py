@@ -24,7 +24,7 @@ from adcore.data import ImageSet, open_image_set
 from adcore.jobs import CANCELLED, FINISHED
 from adcore.methods import METHODS, get_method_class
 from adcore.training import TrainSpec
-from pages import common
+from app_pages import common
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 TINY = {"image_size": 32, "width": 8, "latent_channels": 4, "batch_size": 4}
@@ -173,7 +173,7 @@ def test_upload_helper_reports_a_refused_zip(tmp_path):
 
 
 def test_augmentations_page_previews_and_remembers_the_chain():
-    at = app_at("pages/augmentations.py")
+    at = app_at("app_pages/augmentations.py")
     assert at.title[0].value == "Augmentations"
     assert len(at.image) == 8  # 8 samples, each "original | augmented"
     at.multiselect(key="augment.names").set_value(["random_resized_crop", "cutpaste"]).run()
@@ -189,14 +189,14 @@ def test_augmentations_page_previews_and_remembers_the_chain():
     assert not at.exception
     assert "min_scale 0.9 is above max_scale 0.5" in at.error[0].value
     # The chain survives a visit to another page.
-    at.switch_page("pages/data.py").run()
-    at.switch_page("pages/augmentations.py").run()
+    at.switch_page("app_pages/data.py").run()
+    at.switch_page("app_pages/augmentations.py").run()
     assert at.multiselect(key="augment.names").value == ["random_resized_crop", "cutpaste"]
 
 
 @pytest.mark.parametrize("method_name", METHODS.names())
 def test_train_form_is_built_from_the_registry(method_name):
-    at = app_at("pages/train.py")
+    at = app_at("app_pages/train.py")
     at.selectbox(key="train.method").set_value(method_name).run()
     assert not at.exception
     method = get_method_class(method_name)
@@ -217,9 +217,9 @@ def test_train_form_is_built_from_the_registry(method_name):
 
 
 def test_train_page_copies_the_augmentations_page_chain():
-    at = app_at("pages/augmentations.py")
+    at = app_at("app_pages/augmentations.py")
     at.multiselect(key="augment.names").set_value(["cutpaste"]).run()
-    at.switch_page("pages/train.py").run()
+    at.switch_page("app_pages/train.py").run()
     assert at.multiselect(key="train.autoencoder.aug.names").value == ["color_jitter"]
     at.button(key="train.use_page_chain").click().run()
     assert at.multiselect(key="train.autoencoder.aug.names").value == ["cutpaste"]
@@ -228,13 +228,13 @@ def test_train_page_copies_the_augmentations_page_chain():
 
 
 def test_train_settings_survive_a_visit_to_another_page():
-    at = app_at("pages/train.py")
+    at = app_at("app_pages/train.py")
     set_train_params(at, epochs=7, image_size=48)
     at.slider(key="train.holdout").set_value(0.3)
     at.number_input(key="train.budget").set_value(1.5)
     at.multiselect(key="train.autoencoder.aug.names").set_value(["color_jitter", "cutpaste_scar"]).run()
-    at.switch_page("pages/data.py").run()
-    at.switch_page("pages/train.py").run()
+    at.switch_page("app_pages/data.py").run()
+    at.switch_page("app_pages/train.py").run()
     assert at.number_input(key="train.autoencoder.param.epochs").value == 7
     assert at.slider(key="train.autoencoder.param.image_size").value == 48
     assert at.slider(key="train.holdout").value == pytest.approx(0.3)
@@ -243,7 +243,7 @@ def test_train_settings_survive_a_visit_to_another_page():
 
 
 def test_train_shows_progress_queue_and_cancels(tiny_set):
-    at = app_at("pages/train.py", tiny_set)
+    at = app_at("app_pages/train.py", tiny_set)
     set_train_params(at, epochs=2000, **TINY)
     at.button(key="train.start").click().run()
     first = at.session_state["train.job_id"]
@@ -267,7 +267,7 @@ def test_train_shows_progress_queue_and_cancels(tiny_set):
 
 
 def test_train_finishes_and_lists_the_run(tiny_set):
-    at = app_at("pages/train.py", tiny_set)
+    at = app_at("app_pages/train.py", tiny_set)
     set_train_params(at, epochs=1, **TINY)
     at.text_input(key="train.name").set_value("tiny")
     at.button(key="train.start").click().run()
@@ -288,7 +288,7 @@ def test_student_teacher_picks_its_teacher_from_the_runs_that_can_teach(tiny_set
 
     teacher = train_run(TrainSpec(data=str(tiny_set.root), name="teacher", params=dict(TINY, epochs=1)), runs_dir)
     no_maps = train_run(TrainSpec(data=str(tiny_set.root), method="pretrained_gaussian", params={"image_size": 32}), runs_dir)
-    at = app_at("pages/train.py", tiny_set)
+    at = app_at("app_pages/train.py", tiny_set)
     at.selectbox(key="train.method").set_value("student_teacher").run()
     picker = at.selectbox(key="train.student_teacher.param.teacher")
     assert picker.value == "efficientnet_lite0"
@@ -305,7 +305,7 @@ def test_student_teacher_picks_its_teacher_from_the_runs_that_can_teach(tiny_set
 
 
 def test_a_failed_job_shows_its_error_and_traceback(tmp_path):
-    at = app_at("pages/train.py")
+    at = app_at("app_pages/train.py")
     (tmp_path / "empty").mkdir()
     job = common.job_manager().submit(TrainSpec(data=str(tmp_path / "empty"), params=dict(TINY, epochs=1)))
     common.job_manager().wait(job, timeout=TIMEOUT_S)

@@ -51,17 +51,6 @@ def open_set(path: str) -> ImageSet:
 # --- the current image set (per session) --------------------------------------------------------
 
 
-def require_app() -> None:
-    """Send a page that runs without app.py through app.py (call first on every page).
-
-    Because a folder named ``pages/`` exists, a fresh server runs Streamlit's legacy multipage mode
-    until app.py first calls ``st.navigation``; a first request straight to ``/train`` would then run
-    the page file alone, without the session state app.py sets up.
-    """
-    if "image_set" not in st.session_state:
-        st.switch_page(APP_DIR / "app.py")
-
-
 def current_image_set() -> ImageSet:
     """The image set this session works on; app.py puts the demo set there at the start."""
     return st.session_state["image_set"]
@@ -359,7 +348,7 @@ def no_runs_yet(root: Path, broken: Sequence[tuple[str, str]] = ()) -> None:
         "maps and threshold appear here as soon as it finishes.",
         icon=":material/info:",
     )
-    st.page_link("pages/train.py", label="Train a model on the Train page first", icon=":material/model_training:")
+    st.page_link("app_pages/train.py", label="Train a model on the Train page first", icon=":material/model_training:")
     if job_manager().active():
         st.caption("A training job is running: its run appears here when it finishes.")
     if broken:
@@ -542,7 +531,7 @@ def show_rows(run: Run, ctx: viz.ScoreContext, rows: Sequence[int], columns: int
                     args=(run.run_id, row), type="tertiary", help=f"Inspect {ctx.names[row]}",
                 )  # fmt: skip
     if key and st.session_state.pop("inspect.go_now", False):
-        st.switch_page("pages/inspect.py")
+        st.switch_page("app_pages/inspect.py")
 
 
 def inspect_later(run_id: str, row: int) -> None:

@@ -13,9 +13,8 @@ from adcore import viz
 from adcore.methods import get_method_class
 from adcore.projection import project_run, projection_settings
 from adcore.runs import Run
-from pages import common
+from app_pages import common
 
-common.require_app()
 
 PROJECTIONS = {"tsne": "t-SNE", "umap": "UMAP"}
 MAX_SHOWN = 12  # selected images shown as thumbnails; the rest are counted

@@ -9,9 +9,8 @@ from adcore.jobs import CANCELLED, FAILED, FINISHED, RUNNING, Job, JobManager
 from adcore.methods import DEFAULT_METHOD, METHODS, build_method, get_method_class
 from adcore.methods.student_teacher import teacher_options
 from adcore.training import TrainSpec
-from pages import common
+from app_pages import common
 
-common.require_app()
 
 POLL_S = 1.0
 N_PREVIEW = 4

@@ -26,9 +26,8 @@ from adcore.threshold import (
     threshold_for_false_alarm_rate,
     threshold_for_recall,
 )
-from pages import common
+from app_pages import common
 
-common.require_app()
 
 BY_TARGET = "False-alarm target"
 BY_VALUE = "Score value"

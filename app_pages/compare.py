@@ -13,9 +13,8 @@ from adcore import viz
 from adcore.methods import get_method_class
 from adcore.runs import Run
 from adcore.threshold import Threshold, format_percent
-from pages import common
+from app_pages import common
 
-common.require_app()
 
 BEST_STYLE = "background-color: rgba(46, 160, 67, 0.22); font-weight: 600"
 VIEWS = {"distributions": "Score distributions", "roc": "ROC curves"}

@@ -4,9 +4,8 @@ import streamlit as st
 
 from adcore import viz
 from adcore.augment import AUGMENTATIONS, get_augmentation
-from pages import common
+from app_pages import common
 
-common.require_app()
 
 N_SAMPLES = 8
 

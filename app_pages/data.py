@@ -6,9 +6,8 @@ import streamlit as st
 
 from adcore import viz
 from adcore.data import IMAGE_EXTENSIONS, open_image_set
-from pages import common
+from app_pages import common
 
-common.require_app()
 
 THUMB_SIZE = 128
 MAX_THUMBS = 48  # per group; a big set would otherwise send thousands of images to the browser

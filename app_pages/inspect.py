@@ -17,9 +17,8 @@ from adcore.data import ImageError, load_image, load_mask
 from adcore.export import LoadedModel, load_model_bytes, map_display_range
 from adcore.methods import Method, get_method_class
 from adcore.runs import Run
-from pages import common
+from app_pages import common
 
-common.require_app()
 
 DISPLAY_SIDE = 384  # every picture on the page is shown at this long side
 ALL_BUT_TRAINING = "All images except the training normals"
