@@ -34,8 +34,9 @@ class Progress:
     loss: float | None = None
     images_per_s: float | None = None
     elapsed_s: float = 0.0
-    eta_s: float | None = None
+    eta_s: float | None = None  # of the current phase, from this phase's own rate
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) for the live curve
+    phase_started: float = field(default_factory=time.monotonic)
 
     @property
     def fraction(self) -> float:
@@ -84,17 +85,21 @@ class Job:
     def _on_progress(self, event: dict) -> None:
         p = self.progress
         phase = event.get("phase", p.phase)
+        now = time.monotonic()
         if phase != p.phase:
             p.phase, p.step, p.total_steps, p.eta_s, p.images_per_s = phase, 0, 0, None, None
+            p.phase_started = now
         p.step = event.get("step", p.step)
         p.total_steps = event.get("total_steps", p.total_steps)
         p.epoch = event.get("epoch", p.epoch)
         p.elapsed_s = time.time() - (self.started or time.time())
-        elapsed_phase = event.get("elapsed_s")
-        if event.get("images") and elapsed_phase:
-            p.images_per_s = event["images"] / elapsed_phase
-        if p.step and p.total_steps and elapsed_phase:
-            p.eta_s = elapsed_phase / p.step * (p.total_steps - p.step)
+        # Rates of this phase alone: a method's events count time from the start of its fit, so an
+        # estimate from them would carry the earlier phases' time into a later, faster one.
+        in_phase = now - p.phase_started
+        if event.get("images") and in_phase > 0:
+            p.images_per_s = event["images"] / in_phase
+        if p.step and p.total_steps and in_phase > 0:
+            p.eta_s = in_phase / p.step * (p.total_steps - p.step)
         if event.get("loss") is not None and phase == "training":
             p.loss = event["loss"]
             p.losses = p.losses + [(p.step, p.loss)]  # replace, never mutate: readers may iterate

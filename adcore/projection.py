@@ -115,6 +115,16 @@ def project(
     return coords
 
 
+# The map the Embeddings page opens with; training computes it and stores it with the run.
+DEFAULT_MAP = {"method": "tsne", "dims": 2, "perplexity": 30.0, "n_neighbors": 15, "seed": 0}
+DEFAULT_MAP_KEY = "default_map"  # its (N, 2) float32 coordinates in a run's results
+
+
+def default_map(embeddings: np.ndarray) -> np.ndarray:
+    """The ``DEFAULT_MAP`` of (N, D) embeddings: (N, 2) float32, what training stores with a run."""
+    return project(embeddings, **DEFAULT_MAP)
+
+
 def project_run(
     run: Run,
     method: str = "tsne",
@@ -123,9 +133,15 @@ def project_run(
     n_neighbors: int = 15,
     seed: int = 0,
 ) -> np.ndarray:
-    """The map of every row of a run (same order as ``run.results``), cached in ``run.path/cache/``."""
+    """The map of every row of a run (same order as ``run.results``): the one stored with the run
+    when these are the default settings, else computed and cached in ``run.path/cache/``."""
     if "embedding" not in run.results:
         raise ValueError(f"run {run.run_id} has no embeddings: its method does not produce them")
+    n = len(run.results["embedding"])
+    stored = run.results.get(DEFAULT_MAP_KEY)
+    asked = projection_settings(n, method, dims, perplexity, n_neighbors, seed)
+    if stored is not None and len(stored) == n and asked == projection_settings(n, **DEFAULT_MAP):
+        return stored
     return project(
         run.results["embedding"],
         method,

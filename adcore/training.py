@@ -20,6 +20,7 @@ import adcore
 from adcore.data import ImageError, ImageRecord, ImageSet, load_image, load_mask, open_image_set
 from adcore.device import describe_device, pick_device
 from adcore.methods import DEFAULT_METHOD, FitContext, Method, build_method
+from adcore.projection import DEFAULT_MAP_KEY, default_map
 from adcore.runs import new_run_id, write_run
 from adcore.scoring import image_metrics, pixel_auroc
 
@@ -86,7 +87,7 @@ def train_run(
     Raises ``Cancelled`` if ``stop_event`` is set during training (nothing is written), and whatever
     the method raised if it failed (nothing is written either).
     """
-    started_wall = datetime.now(timezone.utc)
+    started_wall, started = datetime.now(timezone.utc), time.monotonic()
     stop_event = stop_event or threading.Event()
     method = build_method(spec.method, **spec.params)
     params = method.get_params()
@@ -121,6 +122,7 @@ def train_run(
         monitor=monitor if hold_images else None,
     )
     t0 = time.monotonic()
+    load_seconds = t0 - started
     method.fit(fit_images, ctx)
     train_seconds = time.monotonic() - t0
     stopped_by_budget = ctx.stopped_by_budget
@@ -160,6 +162,12 @@ def train_run(
     if predictions.embeddings is not None:
         results["embedding"] = predictions.embeddings.astype(np.float32)
     metrics = _test_metrics(results, predictions, test_records, len(fit_images) + len(hold_images))
+    t_map = time.monotonic()
+    if predictions.embeddings is not None:
+        # The Embeddings page's first map, so that it opens at once (a t-SNE takes seconds to minutes).
+        progress({"phase": "mapping embeddings", "step": 0, "total_steps": 0})
+        results[DEFAULT_MAP_KEY] = default_map(results["embedding"])
+    map_seconds = time.monotonic() - t_map
     if predictions.anomaly_maps is not None:
         results["anomaly_map"] = _small_maps(predictions.anomaly_maps)
 
@@ -184,6 +192,10 @@ def train_run(
         "device": describe_device(device),
         "created": started_wall.isoformat(timespec="seconds"),
         "train_seconds": round(train_seconds, 2),
+        # Every phase by name, and their total: the one duration the pages call the run's.
+        "phase_seconds": {"loading": round(load_seconds, 2), "training": round(train_seconds, 2),
+                          "scoring": round(t_score, 2), "mapping": round(map_seconds, 2)},  # fmt: skip
+        "total_seconds": round(load_seconds + train_seconds + t_score + map_seconds, 2),
         "score_images_per_second": round(len(all_images) / max(t_score, 1e-9), 2),
         "stopped_by_budget": stopped_by_budget,
         "metrics": metrics,

@@ -91,7 +91,14 @@ def test_train_run_writes_a_complete_run(tiny_set, tmp_path):
     assert run.results["score"].shape == (len(roles),)
     assert run.results["anomaly_map"].shape[0] == len(roles)
     assert run.results["embedding"].shape[0] == len(roles)
-    assert {e["phase"] for e in events} >= {"loading images", "training", "scoring", "saving"}
+    assert {e["phase"] for e in events} >= {"loading images", "training", "scoring", "mapping embeddings", "saving"}
+    # Each phase by name; their sum is the run's one total.
+    phases = run.config["phase_seconds"]
+    assert set(phases) == {"loading", "training", "scoring", "mapping"}
+    assert phases["training"] == run.config["train_seconds"]
+    assert run.config["total_seconds"] == pytest.approx(sum(phases.values()), abs=0.05)
+    # The Embeddings page's first map is stored with the run.
+    assert run.results["default_map"].shape == (len(roles), 2)
     losses = [h for h in run.history if h["phase"] == "training"]
     assert losses and all(h["loss"] is not None for h in losses)
     # Hold-out normals and synthetic defects scored after each of the two epochs, for the Scores page.
@@ -297,3 +304,21 @@ def test_steps_per_epoch_counts_the_batches_an_epoch_yields(n, batch_size):
     assert len(seen) == len(set(seen))  # no image twice in an epoch
     if batch_size >= 2 and n % batch_size != 1:  # otherwise a lone image is left out of the epoch
         assert sorted(seen) == list(range(n))
+
+
+def test_time_left_is_estimated_from_each_phase_s_own_rate(monkeypatch):
+    from adcore import jobs
+
+    clock = [1000.0]
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: clock[0])
+    job = jobs.Job(spec=TrainSpec(data="unused"))
+    job._on_progress({"phase": "training", "step": 0, "total_steps": 20, "elapsed_s": 0.0})
+    clock[0] += 100
+    job._on_progress({"phase": "training", "step": 10, "total_steps": 20, "images": 160, "elapsed_s": 100.0})
+    assert job.progress.eta_s == pytest.approx(100.0) and job.progress.images_per_s == pytest.approx(1.6)
+    # Scoring is much faster per step; the method's clock (elapsed_s) still counts from the fit's start.
+    job._on_progress({"phase": "scoring", "step": 0, "total_steps": 100, "elapsed_s": 100.0})
+    assert job.progress.eta_s is None
+    clock[0] += 5
+    job._on_progress({"phase": "scoring", "step": 50, "total_steps": 100, "images": 50, "elapsed_s": 205.0})
+    assert job.progress.eta_s == pytest.approx(5.0) and job.progress.images_per_s == pytest.approx(10.0)

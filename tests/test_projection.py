@@ -159,3 +159,16 @@ def test_score_history_in_long_form_or_none(tmp_path):
     assert table["epoch"].tolist() == [1, 1, 1, 2]
     assert table["group"].tolist() == ["holdout", "holdout", "synthetic", "holdout"]
     assert table["score"].tolist() == [0.1, 0.2, 0.9, 0.05]
+
+
+def test_a_map_stored_with_the_run_opens_at_once_for_the_default_settings(tmp_path, count_fits):
+    run = fake_run(tmp_path)
+    run.results[projection.DEFAULT_MAP_KEY] = projection.default_map(run.results["embedding"])
+    assert len(count_fits) == 1  # computed once, as training does
+    stored = run.results[projection.DEFAULT_MAP_KEY]
+    assert stored.shape == (len(run.results["score"]), 2)
+    assert project_run(run) is stored
+    assert project_run(run, n_neighbors=40) is stored  # a UMAP-only setting does not change a t-SNE
+    assert len(count_fits) == 1
+    other = project_run(run, perplexity=5)
+    assert len(count_fits) == 2 and other is not stored
