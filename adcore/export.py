@@ -28,9 +28,10 @@ runs) but its scores are only as trustworthy as its source.
 
 Thresholds: a method never decides what is anomalous; the file carries the decision threshold as
 ``adcore.threshold.Threshold.to_dict()`` ({"value", "how", "details"}) plus "method" (the rule's
-short name). A run without a chosen threshold gets ``adcore.threshold.default_threshold`` (a target
-false-alarm rate on its hold-out normal scores; ``run_threshold`` here picks chosen-or-default), and
-``is_anomalous`` turns scores into decisions with the project's convention, score >= threshold.
+short name), chosen by ``adcore.threshold.threshold_for``: the run's saved threshold where it was
+chosen for the scores the file gives, else the default rule (a target false-alarm rate on the
+hold-out normal scores) on those scores. ``adcore.threshold.is_anomalous`` turns scores into
+decisions with the project's convention, score >= threshold.
 
 Frozen pretrained networks (ImageNet backbones) are not part of a method's learned state: they come
 from an installed package. The file records their name and a SHA-256 of their weights, and loading
@@ -42,11 +43,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import platform
 import re
 import struct
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,10 +59,11 @@ from safetensors.torch import save as save_safetensors
 
 import adcore
 from adcore.device import pick_device
+from adcore.files import write_atomic
 from adcore.methods import Method, Prediction, build_saved_method
 from adcore.runs import Run, load_run
 from adcore.scoring import Scorer, build_scorer
-from adcore.threshold import Threshold, default_threshold
+from adcore.threshold import Threshold, is_anomalous, threshold_for
 
 FORMAT_MARKER = "adcore-model"
 FORMAT_VERSION = 1
@@ -86,23 +86,7 @@ _PICKLE_PROTOCOLS = (2, 3, 4, 5)
 
 
 # ---------------------------------------------------------------------------------------------
-# Thresholds and heat-map range of a run
-
-
-def is_anomalous(scores: np.ndarray, threshold: float) -> np.ndarray:
-    """Decisions for raw scores: True where score >= threshold (``adcore.threshold``'s convention)."""
-    return np.asarray(scores, dtype=np.float64) >= float(threshold)
-
-
-def run_threshold(run: Run, scores: np.ndarray | None = None) -> Threshold:
-    """The threshold a run decides with: its chosen one (``config["threshold"]``, as stored by
-    ``Threshold.to_dict``) if it has one, else ``adcore.threshold.default_threshold`` of its hold-out
-    normal scores (``scores`` replaces the stored scores, e.g. when an embedding scorer rescored them).
-    """
-    chosen = run.config.get("threshold")
-    if isinstance(chosen, dict) and "value" in chosen:
-        return Threshold.from_dict(chosen)
-    return default_threshold(run, scores=scores)
+# Heat-map range of a run
 
 
 def map_display_range(run: Run) -> dict | None:
@@ -135,6 +119,18 @@ class ScorerSpec:
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def saved_with(cls, run: Run) -> ScorerSpec | None:
+        """The scorer saved in the run's config (the Scores page's choice), None: the method's own score."""
+        saved = run.config.get("scorer")
+        if not isinstance(saved, dict) or not saved.get("name"):
+            return None
+        return cls(saved["name"], dict(saved.get("params") or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The choice as ``adcore.threshold.threshold_for`` and the run's config hold it."""
+        return {"name": self.name, "params": dict(self.params)}
 
 
 def fit_run_scorer(run: Run, spec: ScorerSpec) -> tuple[Scorer, np.ndarray, np.ndarray]:
@@ -202,26 +198,14 @@ def export_run(
     threshold: Threshold | None = None,
     scorer: ScorerSpec | None = None,
 ) -> Path:
-    """Write ``run`` as one model file at ``out`` (temp name, then rename) and return its path.
+    """Write ``run`` as one model file at ``out`` (``adcore.files.write_atomic``) and return its path.
 
     ``scorer`` (default: ``run.config["scorer"]`` if the run has one) replaces the method's image
     score by an embedding scorer fitted on the run's "fit" embeddings. ``threshold`` defaults to
-    ``run_threshold`` on the scores the model will give (the scorer's, where there is one).
+    ``adcore.threshold.threshold_for`` the scores the model will give (the scorer's, where there is
+    one): a threshold saved for other scores is not carried over.
     """
-    data = export_bytes(run, threshold=threshold, scorer=scorer)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return write_atomic(out, export_bytes(run, threshold=threshold, scorer=scorer))
 
 
 def export_bytes(
@@ -232,8 +216,7 @@ def export_bytes(
     method = run.load_method(torch.device("cpu"))
     params = method.get_params()
     tensors = {_METHOD_PREFIX + k: v for k, v in method.state_dict().items()}
-    if scorer is None and isinstance(run.config.get("scorer"), dict):
-        scorer = ScorerSpec(run.config["scorer"]["name"], dict(run.config["scorer"].get("params") or {}))
+    scorer = scorer if scorer is not None else ScorerSpec.saved_with(run)
     scorer_header, scores = None, None
     if scorer is not None:
         fitted, normal, scores = fit_run_scorer(run, scorer)
@@ -243,7 +226,8 @@ def export_bytes(
             "fitted_on": f"{len(normal)} embeddings of the run's 'fit' normal images (refitted when loaded)",
         }
         tensors.update({_SCORER_PREFIX + k: v for k, v in _scorer_tensors(fitted, normal).items()})
-    threshold = threshold if threshold is not None else run_threshold(run, scores=scores)
+    if threshold is None:
+        threshold = threshold_for(run, None if scorer is None else scorer.to_dict(), scores)
     header = {
         "format": FORMAT_MARKER,
         "format_version": FORMAT_VERSION,
@@ -363,13 +347,13 @@ def model_from_run(run: Run | Path | str, device: torch.device | str = "auto") -
     """A run folder as a ``LoadedModel``: its method, scorer (if its config names one) and threshold."""
     run = run if isinstance(run, Run) else load_run(run)
     device = pick_device(device) if isinstance(device, str) else device
-    scorer, scores = None, None
-    if isinstance(run.config.get("scorer"), dict):
-        spec = ScorerSpec(run.config["scorer"]["name"], dict(run.config["scorer"].get("params") or {}))
+    scorer, scores, spec = None, None, ScorerSpec.saved_with(run)
+    if spec is not None:
         scorer, _, scores = fit_run_scorer(run, spec)
     method = run.load_method(device)
     config = {"method": {"name": run.method_name, "params": method.get_params()}, "map_display": map_display_range(run)}
-    return LoadedModel(run.path, method, run_threshold(run, scores), config, scorer)
+    threshold = threshold_for(run, None if spec is None else spec.to_dict(), scores)
+    return LoadedModel(run.path, method, threshold, config, scorer)
 
 
 def read_model_file(path: Path | str) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -25,11 +25,12 @@ from PIL import Image
 import adcore
 from adcore import viz
 from adcore.data import ImageError, load_mask, open_image_set
-from adcore.export import fit_run_scorer, map_display_range, run_threshold, ScorerSpec
+from adcore.export import ScorerSpec, fit_run_scorer, map_display_range
+from adcore.files import write_atomic
 from adcore.projection import map_groups, group_order, project_run, score_history
 from adcore.runs import Run, load_run
 from adcore.scoring import image_metrics
-from adcore.threshold import Threshold, format_percent, synthetic_caveat
+from adcore.threshold import Threshold, format_percent, synthetic_caveat, threshold_for
 
 TOP_ANOMALIES = 8
 PICTURE_SIDE = 240
@@ -37,13 +38,11 @@ MAX_MAP_POINTS = 5000  # the embedding map needs a t-SNE; beyond this many image
 
 
 def write_report(run: Run | Path | str, out: Path | str, **options: Any) -> Path:
-    """Write ``build_report(run, **options)`` to ``out`` (atomically) and return its path."""
-    out = Path(out)
+    """Write ``build_report(run, **options)`` to ``out`` and return its path: atomically, so a failure
+    (while building, or a full disk while writing) leaves no half-written file and an older ``out``
+    as it was."""
     text = build_report(run if isinstance(run, Run) else load_run(run), **options)
-    tmp = out.with_name(f".{out.name}.incomplete")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_atomic(out, text.encode("utf-8"))
 
 
 def build_report(
@@ -57,15 +56,17 @@ def build_report(
 ) -> str:
     """The report as one HTML string.
 
-    By default the run is scored as saved: with the embedding scorer saved with it (if any) and its
-    saved threshold, else the method's own score and the default threshold. ``scores``, ``threshold``
-    and ``scored_by`` (words, e.g. "the knn scorer on its embeddings") override that, as the Compare page
-    does with the choice made on the Scores page.
+    By default the run is scored as saved: with the embedding scorer saved with it (if any) and
+    ``adcore.threshold.threshold_for`` those scores (its saved threshold, or the default rule).
+    ``scores`` with their ``threshold``, and ``scored_by`` (words, e.g. "the knn scorer on its
+    embeddings") override that, as the Compare page does with the choice made on the Scores page.
     """
     if scores is None:
-        scores, scored_by = _saved_scores(run)
+        scores, scored_by, choice = _saved_scores(run)
+        threshold = threshold or threshold_for(run, choice, scores)
+    elif threshold is None:
+        raise ValueError("build_report: pass the threshold chosen for the scores given")
     scored_by = scored_by or "the method's own score"
-    threshold = threshold or run_threshold(run, scores)
     ctx = viz.score_context(run, scores)
     view = viz.threshold_view(ctx, threshold.value)
     figures = _Figures()
@@ -100,12 +101,12 @@ def build_report(
 # --- what is shown --------------------------------------------------------------------------------
 
 
-def _saved_scores(run: Run) -> tuple[np.ndarray, str | None]:
-    saved = run.config.get("scorer")
-    if isinstance(saved, dict) and saved.get("name") and "embedding" in run.results:
-        spec = ScorerSpec(saved["name"], dict(saved.get("params") or {}))
-        return fit_run_scorer(run, spec)[2], f"the {spec.name} scorer on its embeddings"
-    return run.results["score"], None
+def _saved_scores(run: Run) -> tuple[np.ndarray, str | None, dict[str, Any] | None]:
+    """(scores of every row, who gave them in words, the scorer choice) as the run was saved."""
+    spec = ScorerSpec.saved_with(run)
+    if spec is not None and "embedding" in run.results:
+        return fit_run_scorer(run, spec)[2], f"the {spec.name} scorer on its embeddings", spec.to_dict()
+    return run.results["score"], None, None
 
 
 def _header(run: Run, scored_by: str) -> str:

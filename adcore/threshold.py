@@ -25,6 +25,9 @@ import numpy as np
 from scipy.stats import beta
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from adcore.registry import validate_params
+from adcore.scoring import SCORERS
+
 if TYPE_CHECKING:  # adcore.runs imports torch; these functions only read run.results
     from adcore.runs import Run
 
@@ -463,6 +466,80 @@ def default_threshold(
         "The model has seen them: expect more false alarms than stated. Retrain with a hold-out fraction.",
     )
     return threshold
+
+
+# --- the threshold a run decides with -------------------------------------------------------------
+# One policy for export, report, the command line and the pages. A threshold is a value on one score's
+# scale: a run's saved threshold (config "threshold") belongs to the scores it was chosen on (config
+# "scorer": an embedding scorer {"name", "params"}, or absent/None for the method's own score). Scored
+# any other way, the run falls back to the default rule on the new scores, and says so.
+
+
+def is_anomalous(scores: Any, threshold: float) -> np.ndarray:
+    """Decisions for raw scores: True where score >= threshold (this module's convention)."""
+    return np.asarray(scores, dtype=np.float64) >= float(threshold)
+
+
+def score_source(scorer: dict[str, Any] | None) -> str:
+    """The scores a scorer choice gives, in words: "the method's own score", "the knn scorer"."""
+    return "the method's own score" if scorer is None else f"the {scorer.get('name', '?')} scorer"
+
+
+def same_scores(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Whether two scorer choices give the same scores (parameters compared with defaults filled in)."""
+    if a is None or b is None:
+        return a is b
+    return a.get("name") == b.get("name") and _resolved(a) == _resolved(b)
+
+
+def saved_threshold(run: Run) -> tuple[Threshold | None, dict[str, Any] | None]:
+    """The threshold saved with the run (None if none) and the scorer it was chosen for (None: the
+    method's own score)."""
+    saved, scorer = run.config.get("threshold"), run.config.get("scorer")
+    scorer = scorer if isinstance(scorer, dict) else None
+    if isinstance(saved, dict) and "value" in saved:
+        return Threshold.from_dict(saved), scorer
+    return None, scorer
+
+
+def saved_threshold_note(run: Run, scorer: dict[str, Any] | None) -> str | None:
+    """Why the run's saved threshold does not apply to the scores of ``scorer``; None when it does
+    (or when nothing is saved)."""
+    saved, saved_for = saved_threshold(run)
+    if saved is None or same_scores(saved_for, scorer):
+        return None
+    return (
+        f"The run's saved threshold {saved.value:.4g} was chosen for {score_source(saved_for)}, not for "
+        f"{score_source(scorer)}: on another score's scale it would mean something else, so the default "
+        "rule is applied to these scores instead."
+    )
+
+
+def threshold_for(run: Run, scorer: dict[str, Any] | None, scores: np.ndarray | None = None) -> Threshold:
+    """The threshold ``run`` decides with when scored by ``scorer`` (None: the method's own score).
+
+    The saved threshold if it was chosen for these same scores, else ``default_threshold`` on
+    ``scores`` (the scorer's scores of every row of the run; default: the stored ones), whose first
+    warning then says that the saved one was not used and why.
+    """
+    saved, _ = saved_threshold(run)
+    note = saved_threshold_note(run, scorer)
+    if saved is not None and note is None:
+        return saved
+    threshold = default_threshold(run, scores=scores)
+    if note is not None:
+        threshold.details["warnings"].insert(0, note)
+    return threshold
+
+
+def _resolved(scorer: dict[str, Any]) -> dict[str, Any]:
+    params = dict(scorer.get("params") or {})
+    if scorer.get("name") not in SCORERS:
+        return params
+    try:
+        return validate_params(SCORERS.get(scorer["name"]).params, params)
+    except ValueError:
+        return params
 
 
 # --- recall on defects at a threshold -------------------------------------------------------------

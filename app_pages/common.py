@@ -20,7 +20,7 @@ from adcore.jobs import JobManager
 from adcore.registry import Param
 from adcore.runs import Run, default_runs_dir, list_runs, load_run
 from adcore.scoring import SCORERS, rescore_run
-from adcore.threshold import Threshold, default_threshold
+from adcore.threshold import Threshold, same_scores, threshold_for
 
 APP_DIR = Path(__file__).resolve().parent.parent
 DEMO_DIR = APP_DIR / "sample_data"
@@ -444,16 +444,12 @@ def _score_context(path: str, version: int, choice: str | None) -> viz.ScoreCont
 
 def chosen_threshold(run: Run, choice: dict[str, Any] | None, scores: np.ndarray) -> Threshold:
     """The threshold of ``run`` for the scores of ``choice``: the one set on the Scores page in this
-    session, else the one saved with the run (if saved for the same scores), else the default
-    (a 5 % false-alarm target on the hold-out normals)."""
+    session, else ``adcore.threshold.threshold_for`` them (the saved one if saved for these scores,
+    else the default: a 5 % false-alarm target on the hold-out normals)."""
     entry = st.session_state.setdefault("explore.threshold", {}).get(run.run_id)
-    if entry is not None and entry["scorer"] == choice:
+    if entry is not None and same_scores(entry["scorer"], choice):
         return Threshold.from_dict(entry["threshold"])
-    saved = run.config.get("threshold")
-    saved_scorer = run.config.get("scorer") if isinstance(run.config.get("scorer"), dict) else None
-    if isinstance(saved, dict) and "value" in saved and saved_scorer == choice:
-        return Threshold.from_dict(saved)
-    return default_threshold(run, scores=scores)
+    return threshold_for(run, choice, scores)
 
 
 def set_chosen_threshold(run: Run, choice: dict[str, Any] | None, threshold: Threshold) -> None:
@@ -461,15 +457,6 @@ def set_chosen_threshold(run: Run, choice: dict[str, Any] | None, threshold: Thr
         "scorer": choice,
         "threshold": threshold.to_dict(),
     }
-
-
-def saved_threshold(run: Run) -> tuple[Threshold | None, dict[str, Any] | None]:
-    """The threshold saved in the run's config (None if none) and the scorer it was saved for."""
-    saved = run.config.get("threshold")
-    scorer = run.config.get("scorer") if isinstance(run.config.get("scorer"), dict) else None
-    if isinstance(saved, dict) and "value" in saved:
-        return Threshold.from_dict(saved), scorer
-    return None, scorer
 
 
 # --- pictures of a run's rows --------------------------------------------------------------------

@@ -22,6 +22,9 @@ from adcore.threshold import (
     f1_optimal_threshold,
     false_alarm_estimate,
     format_percent,
+    same_scores,
+    saved_threshold,
+    saved_threshold_note,
     synthetic_caveat,
     threshold_for_false_alarm_rate,
     threshold_for_recall,
@@ -193,10 +196,12 @@ def threshold_panel(run: Run, ctx: viz.ScoreContext, choice: dict[str, Any] | No
         update_config(run.path, threshold=threshold.to_dict(), scorer=choice)
         st.toast(f"Threshold {threshold.value:.4g} saved with the run.", icon=":material/check_circle:")
         st.rerun()  # the whole page: the run's config has changed
-    saved, saved_scorer = common.saved_threshold(run)
+    saved, saved_scorer = saved_threshold(run)
     if saved is None:
         st.caption("Not saved yet: export would use the default threshold.")
-    elif saved.value == threshold.value and saved_scorer == choice:
+    elif not same_scores(saved_scorer, choice):
+        st.caption(f"{saved_threshold_note(run, choice)} Press Save threshold to save this one with these scores.")
+    elif saved.value == threshold.value:
         st.caption(":material/check_circle: This threshold is saved with the run.")
     else:
         st.caption(f"The run has {saved.value:.4g} saved ({saved.how}); press Save threshold to replace it.")

@@ -400,9 +400,9 @@ def test_inspect_scores_with_a_model_file_and_refuses_a_bad_one(runs, tmp_path):
     png = io.BytesIO()
     Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(png, format="PNG")
     rerun(at.file_uploader(key="inspect.upload").set_value([("part.png", png.getvalue(), "image/png")]))
-    from adcore.export import run_threshold
+    from adcore.threshold import threshold_for
 
-    exported = run_threshold(load_run(runs["root"] / runs["labelled"]))
+    exported = threshold_for(load_run(runs["root"] / runs["labelled"]), None)
     assert [m.label for m in at.metric][-3:] == ["Anomaly score", "Decision", "Image threshold"]
     assert at.metric[-1].value == f"{exported.value:.4g}", "judged at the file's own threshold"
 

@@ -17,14 +17,14 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from adcore import export
+from adcore import export, files
 from adcore.batch import decoded_batches, heatmap_rgb, list_images
 from adcore.cli import main as cli_main
 from adcore.data import load_image
-from adcore.export import ScorerSpec, export_run, is_anomalous, load_model, read_model_bytes, run_threshold
+from adcore.export import ScorerSpec, export_run, load_model, read_model_bytes
 from adcore.runs import load_run, update_config
 from adcore.scoring import rescore_run
-from adcore.threshold import Threshold, default_threshold
+from adcore.threshold import Threshold, default_threshold, is_anomalous, threshold_for
 from adcore.training import TrainSpec, train_run
 from tests.helpers import make_tiny_mvtec, textured
 
@@ -105,7 +105,7 @@ def test_a_run_s_chosen_threshold_wins_and_ties_are_anomalous(trained, tmp_path)
     shutil.copytree(trained["run"], run_dir)
     chosen = Threshold(3.5, "picked on the Threshold page", {"rule": "f1_optimal"})
     update_config(run_dir, threshold=chosen.to_dict())
-    assert run_threshold(load_run(run_dir)) == chosen
+    assert threshold_for(load_run(run_dir), None) == chosen
     export_run(run_dir, tmp_path / "m.adcore")
     model = load_model(tmp_path / "m.adcore")
     assert model.threshold.value == 3.5 and model.config["threshold"]["method"] == "f1_optimal"
@@ -119,6 +119,40 @@ def test_manual_threshold_from_the_export_command(trained, tmp_path):
     model = load_model(path, device="cpu")
     assert model.threshold.value == 5.0 and model.config["threshold"]["method"] == "manual"
     assert cli_main(["export", "--run", str(trained["run"]), "--out", str(path)]) == 2  # exists, no --force
+
+
+def test_a_threshold_saved_for_one_score_is_never_used_on_another(trained, tmp_path, capsys):
+    import shutil
+
+    from adcore.report import build_report
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained["run"], run_dir)
+    run = load_run(run_dir)
+    own = Threshold(float(run.results["score"].max()) / 2, "set on the Scores page", {"rule": "manual"})
+    update_config(run_dir, threshold=own.to_dict(), scorer=None)  # saved for the method's own score
+    knn = default_threshold(run, scores=rescore_run(run, "knn"))
+    assert knn.value != own.value
+
+    assert cli_main(["export", "--run", str(run_dir), "--out", str(tmp_path / "knn.adcore"), "--scorer", "knn"]) == 0
+    printed = capsys.readouterr().out
+    model = load_model(tmp_path / "knn.adcore", device="cpu")
+    assert model.threshold.value == knn.value, "the default rule on the knn scores, not the saved value"
+    assert "saved threshold" in printed and "chosen for the method's own score, not for the knn scorer" in printed
+    assert threshold_for(load_run(run_dir), None) == own  # the own score keeps it
+
+    # Saved for the knn scorer (parameters spelled out, as the Scores page saves them): kept for
+    # `--scorer knn` (defaults left out), dropped for the method's own score.
+    chosen = Threshold(knn.value * 2, "set on the Scores page", {"rule": "manual"})
+    update_config(run_dir, threshold=chosen.to_dict(), scorer={"name": "knn", "params": {"k": 5, "standardize": True}})
+    assert cli_main(["export", "--run", str(run_dir), "--out", str(tmp_path / "k2.adcore"), "--scorer", "knn",
+                     "--force"]) == 0  # fmt: skip
+    assert load_model(tmp_path / "k2.adcore", device="cpu").threshold.value == chosen.value
+    run = load_run(run_dir)
+    assert threshold_for(run, None).value == default_threshold(run).value
+    assert "chosen for the knn scorer, not for the method's own score" in threshold_for(run, None).details["warnings"][0]
+    # The report scores the run as saved (knn) and so keeps the saved threshold.
+    assert f"Threshold {chosen.value:.4g}" in build_report(run, embedding_map=False, top_k=0)
 
 
 def test_exported_embedding_scorer_scores_like_rescoring_the_run(trained, tmp_path):
@@ -264,7 +298,7 @@ def test_export_writes_atomically_and_leaves_no_temp_file(trained, tmp_path, mon
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(export.os, "replace", boom)
+    monkeypatch.setattr(files.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         export_run(trained["run"], path)
     assert list(tmp_path.iterdir()) == []
@@ -317,7 +351,7 @@ def test_score_with_run_uses_the_default_threshold_and_mvtec_columns(trained, tm
     by_path = {r["path"]: r for r in rows}
     assert by_path["test/spot/000.png"]["split"] == "test" and by_path["test/spot/000.png"]["label"] == "spot"
     assert by_path["train/good/000.png"]["label"] == "good"
-    threshold = run_threshold(load_run(trained["run"])).value
+    threshold = threshold_for(load_run(trained["run"]), None).value
     assert all(r["decision"] == ("anomalous" if float(r["score"]) >= threshold else "normal") for r in rows)
 
 

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from adcore.cli import main as cli_main
-from adcore.export import run_threshold
 from adcore.report import build_report
 from adcore.runs import load_run, update_config
-from adcore.threshold import Threshold
+from adcore.threshold import Threshold, threshold_for
 from adcore.training import TrainSpec, train_run
 from tests.helpers import make_tiny_mvtec
 
@@ -53,7 +52,7 @@ def test_cli_writes_a_self_contained_report(run_dir, tmp_path, capsys):
     assert page.count("plotly.js v") == 1 or page.count("* plotly.js") == 1, "plotly.js inlined exactly once"
     # Set-up, metrics, threshold and its reliability, the confusion matrix, top anomalies with heat maps.
     run = load_run(run_dir)
-    threshold = run_threshold(run)
+    threshold = threshold_for(run, None)
     for text in ("Set-up", "autoencoder", "Image AUROC", "Confusion matrix", "Scores during training",
                  f"Threshold {threshold.value:.4g}", "Top 3 anomalies", "Embedding map"):  # fmt: skip
         assert text in page, text

@@ -38,3 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input from the user: one clear line, no traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine, not the input: a full disk, a read-only folder
+        from adcore.files import describe_os_error
+
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1

@@ -22,8 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--threshold",
         type=float,
         default=None,
-        help="decision threshold to store (default: the run's chosen one, else adcore.threshold's default: "
-        "a 5 %% target false-alarm rate on the run's hold-out normal images)",
+        help="decision threshold to store (default: the run's saved one if it was chosen for the scores the "
+        "file gives, else adcore.threshold's default: a 5 %% target false-alarm rate on the run's hold-out "
+        "normal images, on those scores)",
     )
     p.add_argument(
         "--scorer",
@@ -71,4 +72,6 @@ def run(args: argparse.Namespace) -> int:
     if cfg["scorer"]:
         print(f"  image score: {cfg['scorer']['name']} scorer on the method's embeddings")
     print(f"  threshold {model.threshold.value:.6g}: {model.threshold.how}; anomalous if score >= threshold")
+    for warning in model.threshold.details.get("warnings", []):
+        print(f"  note: {warning}")
     return 0
