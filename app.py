@@ -2,10 +2,11 @@
 
 import streamlit as st
 
+from adcore import viz
 from adcore.methods import DEFAULT_METHOD, get_method_class
 from app_pages import common
 
-st.set_page_config(page_title="Anomaly Inspector", page_icon=":material/frame_inspect:", layout="wide")
+st.set_page_config(page_title="Anomaly Inspector", page_icon=viz.app_icon(), layout="wide")
 
 # Shared by the pages of one browser session. The image set is opened lazily (setdefault would
 # evaluate its argument on every rerun); open_set is cached per server anyway.
@@ -15,8 +16,11 @@ st.session_state.setdefault("augmentations", list(get_method_class(DEFAULT_METHO
 st.session_state.setdefault("selected_run", None)  # run id the Explore/Compare pages open first
 
 PAGES = {
+    "Start": [
+        st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
+    ],
     "Data": [
-        st.Page("app_pages/data.py", title="Data", icon=":material/photo_library:", default=True),
+        st.Page("app_pages/data.py", title="Data", icon=":material/photo_library:"),
         st.Page("app_pages/augmentations.py", title="Augmentations", icon=":material/auto_fix_high:"),
     ],
     "Model": [

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from adcore.methods import DEFAULT_METHOD, METHODS, get_method_class
+from adcore.training import TrainSpec
 
 RECOMMENDED = "Recommended"
 GROUPS = (RECOMMENDED, "Pretrained features", "Self-supervised from scratch", "Reconstruction", "Other")
@@ -157,3 +158,15 @@ def format_estimate(seconds: float | None) -> str:
     if seconds < 3600:
         return f"about {round(seconds / 60):.0f} min"
     return f"about {seconds / 3600:.1f} h"
+
+
+# --- the one-click run ------------------------------------------------------------------------
+
+RECOMMENDED_BUDGET_S = 600.0  # one click must not start an hour-long run: stop after 10 min, keep the model
+
+
+def recommended_spec(data: str, name: str = "recommended") -> TrainSpec:
+    """The run that "Train the recommended method" starts on the image set at ``data``: the
+    recommended method with its own defaults (parameters and augmentations), the usual hold-out,
+    and a time budget of ``RECOMMENDED_BUDGET_S``."""
+    return TrainSpec(data=str(data), method=DEFAULT_METHOD, budget_s=RECOMMENDED_BUDGET_S, name=name)

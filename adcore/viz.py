@@ -238,6 +238,46 @@ def format_seconds(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+@functools.lru_cache(maxsize=1)
+def app_icon(size: int = 64) -> Image.Image:
+    """The app's favicon: a grey part with a red-ringed defect. Drawn here and served by the app
+    itself, so a browser without network shows it (a named icon would be fetched from a CDN)."""
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
+    icon = np.zeros((size, size, 3), dtype=np.uint8)
+    icon[:] = (38, 50, 66)
+    part = (xx - 0.5) ** 2 + (yy - 0.5) ** 2 <= 0.42**2
+    icon[part] = (176, 184, 194)
+    ring = np.abs(np.hypot(xx - 0.64, yy - 0.36) - 0.14) <= 0.045
+    icon[ring] = OUTLINE_COLOR
+    return Image.fromarray(icon)
+
+
+PHASE_NAMES = {"loading": "loading", "training": "training", "scoring": "scoring", "mapping": "embedding map"}
+
+
+def phase_line(config: dict[str, Any]) -> str:
+    """A run's duration by phase: "loading 0:02 · training 1:18 · scoring 0:40 · embedding map 0:05"."""
+    phases = config.get("phase_seconds") or {}
+    if not phases and config.get("train_seconds") is not None:  # runs from before phases were recorded
+        phases = {"training": config["train_seconds"]}
+    return " · ".join(f"{PHASE_NAMES.get(k, k)} {format_seconds(v)}" for k, v in phases.items())
+
+
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """``plural(1, "photo")`` -> ``"1 photo"``, ``plural(0, "photo")`` -> ``"0 photos"``."""
+    return f"{n} {noun if n == 1 else many or noun + 's'}"
+
+
+def set_overview(image_set: Any) -> str:
+    """What an ``ImageSet`` holds, in one line: "80 normal photos, 50 test photos with 30 masks"."""
+    normal, test = image_set.normal_train, image_set.test
+    text = plural(len(normal), "normal photo")
+    if test:
+        masks = sum(r.mask_path is not None for r in test)
+        text += f", {plural(len(test), 'test photo')}" + (f" with {plural(masks, 'mask')}" if masks else "")
+    return text
+
+
 # --- tables -----------------------------------------------------------------------------------
 
 
@@ -265,7 +305,8 @@ def size_summary(summary: dict) -> str:
         return ""
     w, h = z["most_common"]
     if z["n_distinct"] == 1:
-        return f"All {z['most_common_count']} images are {w}×{h} px."
+        n = z["most_common_count"]
+        return f"The image is {w}×{h} px." if n == 1 else f"All {n} images are {w}×{h} px."
     width = _span(z["min_width"], z["max_width"])
     height = _span(z["min_height"], z["max_height"])
     return (
@@ -299,7 +340,8 @@ def run_row(config: dict[str, Any], run_id: str) -> dict[str, Any]:
         "method": config.get("method", ""),
         "created": (config.get("created") or "").replace("T", " "),
         "device": config.get("device", ""),
-        "train s": config.get("train_seconds"),
+        "training s": config.get("train_seconds"),
+        "total s": config.get("total_seconds"),
         "budget stop": bool(config.get("stopped_by_budget")),
         "image AUROC": metrics.get("image_auroc"),
         "pixel AUROC": metrics.get("pixel_auroc"),
@@ -979,25 +1021,32 @@ def comparison_row(
         "key params": key_params(config, defaults),
         "image size": (config.get("params") or {}).get("image_size"),
         "device": (row["device"] or "").split(" (")[0],
-        "train s": row["train s"],
+        "training s": row["training s"],
+        "data": row["data"],
     }
 
 
 # Which way is better, per column of the Compare table.
 HIGHER_IS_BETTER = ("image AUROC", "pixel AUROC", "F1", "recall")
-LOWER_IS_BETTER = ("train s", "false alarms")
+LOWER_IS_BETTER = ("training s", "false alarms")
 
 
 def best_per_column(rows: Sequence[dict[str, Any]]) -> dict[str, set[int]]:
-    """Column -> indices of the rows holding the best value (ties all count; missing values never)."""
+    """Column -> indices of the rows holding the best value (ties all count; missing values never).
+    Only runs on the same data (their "data" value) are compared: a run is best among those alone,
+    and one with no other run on its data is never marked."""
     best: dict[str, set[int]] = {}
-    for column in (*HIGHER_IS_BETTER, *LOWER_IS_BETTER):
-        values = [(i, r.get(column)) for i, r in enumerate(rows) if r.get(column) is not None]
-        if len(values) < 2:
-            continue
-        pick = max if column in HIGHER_IS_BETTER else min
-        target = pick(v for _, v in values)
-        best[column] = {i for i, v in values if v == target}
+    by_data: dict[Any, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_data.setdefault(r.get("data"), []).append(i)
+    for members in by_data.values():
+        for column in (*HIGHER_IS_BETTER, *LOWER_IS_BETTER):
+            values = [(i, rows[i].get(column)) for i in members if rows[i].get(column) is not None]
+            if len(values) < 2:
+                continue
+            pick = max if column in HIGHER_IS_BETTER else min
+            target = pick(v for _, v in values)
+            best.setdefault(column, set()).update(i for i, v in values if v == target)
     return best
 
 

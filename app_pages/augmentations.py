@@ -13,8 +13,8 @@ st.title("Augmentations")
 st.markdown(
     "Augmentations change the training photos at random. Depending on the method they either add "
     "harmless variation (so that normal changes of pose or light are not flagged) or paste "
-    "synthetic defects to learn from. The chain you build here is remembered and can be used on "
-    "the **Train** page."
+    "synthetic defects to learn from. The chain you build here is the one the **Train** page starts "
+    "from, for every method that uses augmentations."
 )
 
 with st.expander("Available augmentations", expanded=False):
@@ -27,7 +27,7 @@ normal_train = image_set.normal_train
 settings, preview = st.columns([1, 2], gap="large")
 with settings:
     chain = common.augmentation_editor("augment", st.session_state["augmentations"])
-    st.session_state["augmentations"] = chain
+    common.page_chain_changed(chain)
     seed = common.remembered(
         st.number_input,
         "Seed",

@@ -65,6 +65,11 @@ def is_demo(image_set: ImageSet) -> bool:
     return Path(image_set.root).resolve() == DEMO_DIR.resolve()
 
 
+def set_name(image_set: ImageSet) -> str:
+    """What the pages call an image set: its folder's name, never the server path."""
+    return "the demo set" if is_demo(image_set) else Path(image_set.root).name
+
+
 def save_uploaded_files(files: Iterable[tuple[str, bytes]], uploads_root: Path | None = None) -> ImageSet:
     """Write uploaded ``(name, bytes)`` files (images and/or zips) into a new folder under
     ``uploads_root`` (default ``UPLOADS_DIR``) named by time and content, and open it. Nothing bad
@@ -110,7 +115,15 @@ def images_of(records: Sequence[ImageRecord]) -> list[np.ndarray]:
 
 
 def show_samples(samples: Sequence[viz.AugmentationSample], columns: int) -> None:
-    """A grid of samples, ``columns`` per row, each shown as "original | augmented"."""
+    """A grid of samples, ``columns`` per row, each shown as "original | augmented"; when the chain
+    changed none of them, the images alone (identical pairs would only look like a mistake)."""
+    if all(np.array_equal(s.original, s.augmented) for s in samples):
+        st.caption("The chain leaves these images as they are:")
+        columns *= 2
+        for start in range(0, len(samples), columns):
+            for col, s in zip(st.columns(columns), samples[start : start + columns]):
+                col.image(s.original, width="stretch")
+        return
     for start in range(0, len(samples), columns):
         for col, s in zip(st.columns(columns), samples[start : start + columns]):
             col.image(viz.side_by_side(s.original, s.augmented), caption="original · augmented", width="stretch")
@@ -119,10 +132,10 @@ def show_samples(samples: Sequence[viz.AugmentationSample], columns: int) -> Non
 # --- runs ---------------------------------------------------------------------------------------
 
 
-def runs_table(root: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    """Rows for the runs table (newest first) and (folder, reason) of broken run folders."""
+def run_configs(root: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, str]]]:
+    """(run id, config) of every readable run under ``root`` (newest first) and (folder, reason) of
+    broken run folders; read again only when a run folder appears, disappears or changes."""
     root = Path(root)
-    # Re-read only when a run folder appears, disappears or changes (its mtime moves).
     signature = []
     if root.is_dir():
         for child in root.iterdir():
@@ -130,13 +143,31 @@ def runs_table(root: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]
                 signature.append((child.name, child.stat().st_mtime_ns))
             except OSError:  # renamed or removed while we looked (a run being written)
                 continue
-    return _runs_rows(str(root.resolve()), tuple(sorted(signature)))
+    return _run_configs(str(root.resolve()), tuple(sorted(signature)))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _runs_rows(root: str, signature: tuple) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+def _run_configs(root: str, signature: tuple) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, str]]]:
     runs, broken = list_runs(root)
-    return [viz.run_row(r.config, r.run_id) for r in runs], broken
+    return [(r.run_id, r.config) for r in runs], broken
+
+
+def runs_table(root: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Rows for the runs table (newest first) and (folder, reason) of broken run folders."""
+    configs, broken = run_configs(root)
+    return [viz.run_row(config, run_id) for run_id, config in configs], broken
+
+
+def runs_on_set(image_set: ImageSet) -> list[tuple[str, dict[str, Any]]]:
+    """(run id, config) of the runs trained on ``image_set``'s folder, newest first."""
+    root = Path(image_set.root).resolve()
+    configs, _ = run_configs(runs_root())
+    on_set = []
+    for run_id, config in configs:
+        data_root = viz.run_data_root(config)
+        if data_root is not None and Path(data_root).resolve() == root:
+            on_set.append((run_id, config))
+    return on_set
 
 
 # --- forms from registry parameter specs ------------------------------------------------------
@@ -258,6 +289,38 @@ def preset_chain(key_prefix: str, chain: Sequence[tuple[str, dict[str, Any]]]) -
     for name, params in chain:
         for param, value in params.items():
             preset(f"{key_prefix}.{name}.{param}", value)
+
+
+def page_chain_changed(chain: list[tuple[str, dict]]) -> None:
+    """The Augmentations page's chain is now ``chain``: remember it, and if it changed, have every
+    method's chain on the Train page start from it (``carry_page_chain``)."""
+    if chain != st.session_state["augmentations"]:
+        st.session_state["augment.version"] = st.session_state.get("augment.version", 0) + 1
+    st.session_state["augmentations"] = chain
+
+
+def carry_page_chain(key_prefix: str) -> None:
+    """Before drawing the ``augmentation_editor`` under ``key_prefix``: if the chain on the
+    Augmentations page changed since this editor last took it, start the editor from it."""
+    version = st.session_state.get("augment.version", 0)
+    taken = f"carried.{key_prefix}"
+    if version and st.session_state.get(taken) != version:
+        preset_chain(key_prefix, st.session_state["augmentations"])
+        st.session_state[taken] = version
+
+
+def chain_source(chain: list[tuple[str, dict]], defaults: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """Where a Train page chain came from, in words."""
+    if st.session_state.get("augment.version") and _full(chain) == _full(st.session_state["augmentations"]):
+        return "the one built on the Augmentations page"
+    if _full(chain) == _full(defaults):
+        return "the method's defaults"
+    return "changed here"
+
+
+def _full(chain: Sequence[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """``chain`` with every parameter spelled out (defaults filled in), so that chains compare by meaning."""
+    return [(name, {**{p.name: p.default for p in get_augmentation(name).params}, **params}) for name, params in chain]
 
 
 def kept(key: str, default: Any) -> Any:

@@ -69,7 +69,7 @@ def runs_table(items: list[Entry]) -> None:
             return f"{value:.2f}"
         if column == "threshold":
             return f"{value:.4g}"
-        if column == "train s":
+        if column == "training s":
             return f"{value:.1f}"
         return str(value)
 
@@ -94,9 +94,10 @@ def runs_table(items: list[Entry]) -> None:
         key="compare.table",
     )
     st.caption(
-        "Green: the best of each column (highest AUROC, F1 and recall; fewest false alarms; fastest training). "
-        "F1, recall and false alarms are at each run's chosen threshold (Scores page), on its labelled test images; "
-        "runs on different data are not directly comparable."
+        "Green: the best of each column among runs on the same data (highest AUROC, F1 and recall; fewest false "
+        "alarms; fastest training); runs on different data are not comparable, so none of them is marked against "
+        "the others. F1, recall and false alarms are at each run's chosen threshold (Scores page), on its labelled "
+        "test images."
     )
 
 
@@ -236,6 +237,13 @@ else:
     ) or "distributions")  # fmt: skip
 
 chosen = [by_id[i] for i in picked]
+data_sets = sorted({str(e.row["data"]) for e in chosen})
+if len(data_sets) > 1:  # in the presentation view too: the audience must not read it as a ranking
+    st.warning(
+        f"Not comparable: these runs were trained and tested on different data ({', '.join(data_sets)}), "
+        "so their numbers say how each did on its own data, not which method is better.",
+        icon=":material/warning:",
+    )
 if len(items) < 2:
     st.info("There is one run so far: train another (other method, augmentations or size) to compare them.")
     if chosen:

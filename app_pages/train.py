@@ -4,7 +4,7 @@ import time
 
 import streamlit as st
 
-from adcore import viz
+from adcore import catalog, viz
 from adcore.jobs import CANCELLED, FAILED, FINISHED, RUNNING, Job, JobManager
 from adcore.methods import DEFAULT_METHOD, METHODS, build_method, get_method_class
 from adcore.methods.student_teacher import teacher_options
@@ -38,15 +38,23 @@ def show_running(job: Job) -> None:
         st.warning("Cancelling: the job stops at its next progress report…")
     text = f"{p.phase}: step {p.step} of {p.total_steps}" if p.total_steps else f"{p.phase}…"
     st.progress(p.fraction, text=text)
-    epochs = job.spec.params.get("epochs")
-    c1, c2, c3 = st.columns(3)
-    c1.metric("Epoch", "–" if p.epoch is None else f"{p.epoch}" + (f" / {epochs}" if epochs else ""))
-    c2.metric("Loss", "–" if p.loss is None else f"{p.loss:.4f}")
-    c3.metric("Images / s", "–" if p.images_per_s is None else f"{p.images_per_s:.1f}")
+    epochs = catalog.method_params(job.spec.method, job.spec.params).get("epochs")
+    if epochs:  # one-pass methods have neither epochs nor a loss
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Epoch", "–" if p.epoch is None else f"{p.epoch} / {epochs}")
+        c2.metric("Loss", "–" if p.loss is None else f"{p.loss:.4f}")
+        c3.metric("Images / s", "–" if p.images_per_s is None else f"{p.images_per_s:.1f}")
     c4, c5, c6 = st.columns(3)
     c4.metric("Elapsed", viz.format_seconds(time.time() - job.started if job.started else None))
-    c5.metric("Phase time left", viz.format_seconds(p.eta_s))
-    c6.metric("Device", (job.device or "–").split(" (")[0], help=job.device or None)
+    c5.metric(
+        f"Time left in {p.phase}",
+        viz.format_seconds(p.eta_s),
+        help="From how fast this phase has gone so far; later phases (scoring, the embedding map) come after.",
+    )
+    if epochs:
+        c6.metric("Device", (job.device or "–").split(" (")[0], help=job.device or None)
+    else:
+        c6.metric("Images / s", "–" if p.images_per_s is None else f"{p.images_per_s:.1f}")
     if p.losses:
         total = p.total_steps if p.phase == "training" else None
         st.plotly_chart(viz.loss_curve_figure(p.losses, total), key=f"train.loss.{job.id}")
@@ -74,19 +82,25 @@ def show_outcome(job: Job) -> None:
         run_id = job.run_dir.name
         if job.id == st.session_state.get("train.job_id"):
             st.session_state["selected_run"] = run_id
-        st.success(f"Finished in {took}: {label}\n\nRun **`{run_id}`** saved in `{job.run_dir.parent}`.")
+        config = dict(common.run_configs(manager.runs_root)[0]).get(run_id, {})
+        took = viz.format_seconds(config.get("total_seconds", job.ended - job.started))
+        st.success(f"Finished in {took}: {label}\n\nRun **`{run_id}`** saved.")
+        st.caption(viz.phase_line(config))
         rows, _ = common.runs_table(manager.runs_root)
         row = next((r for r in rows if r["run id"] == run_id), None)
         if row is not None:
             if row["budget stop"]:
-                st.caption(f"Training stopped at the time budget after {row['train s']:.0f} s; the model was kept.")
+                st.caption(f"Training stopped at the time budget after {row['training s']:.0f} s; the model was kept.")
             metrics = [("Image AUROC", row["image AUROC"]), ("Pixel AUROC", row["pixel AUROC"])]
             if any(v is not None for _, v in metrics):
                 for col, (name, value) in zip(st.columns(len(metrics)), metrics):
                     col.metric(name, "–" if value is None else f"{value:.3f}")
             else:
                 st.caption("This data has no labelled test images, so there are no test metrics.")
-        st.info("Next: look at its scores and anomaly maps on the **Explore** page.", icon=":material/lightbulb:")
+        st.markdown("**Next:** set where a photo counts as defective, or look at the heat maps.")
+        with st.container(horizontal=True):
+            st.page_link("app_pages/scores.py", label="Scores & threshold", icon=":material/tune:")
+            st.page_link("app_pages/inspect.py", label="Inspect", icon=":material/zoom_in:")
     elif job.status == FAILED:
         st.error(f"Training failed after {took}: {label}\n\n{job.error}")
         with st.expander("Traceback (for a bug report)"):
@@ -130,17 +144,33 @@ st.markdown(
 
 config_col, run_col = st.columns([3, 2], gap="large")
 problems = []
+earlier_runs = [config for _, config in common.run_configs(manager.runs_root)[0]]
+holdout_share = common.kept("train.holdout", 0.2)
+n_fit = len(normal_train) - round(len(normal_train) * holdout_share)
+n_scored = len(normal_train) + len(image_set.test)
+
+
+def method_caption(name: str) -> str:
+    """Group, what it is good for, and how long it takes on this set with its default settings."""
+    seconds = catalog.estimate_training_seconds(name, n_fit, n_scored, earlier_runs=earlier_runs)
+    return f"{catalog.group_of(name)} · good for {catalog.entry(name).good_for} · {catalog.format_estimate(seconds)}"
+
+
 with config_col:
-    names = METHODS.names()
+    names = catalog.in_picker_order(METHODS.names())
     chosen = common.kept("train.method", DEFAULT_METHOD)
     method_name = common.keep(
         "train.method",
-        st.selectbox(
+        st.radio(
             "Method",
             names,
             index=names.index(chosen) if chosen in names else 0,
             format_func=method_title,
+            captions=[method_caption(name) for name in names],
             key="train.method",
+            help="Grouped: the recommended one first, then methods on pretrained features, methods that learn "
+            "from scratch on your photos, and reconstruction methods. Times are for this set on this machine "
+            "(measured by earlier runs where there are any).",
         ),
     )
     method = get_method_class(method_name)
@@ -157,32 +187,39 @@ with config_col:
     st.subheader("Augmentations")
     if method.augmentation_role:
         st.info(method.augmentation_role, icon=":material/info:")
-    chain_key = f"train.{method_name}.aug"
-    chain = common.augmentation_editor(chain_key, method.default_augmentations)
-    with st.container(horizontal=True):
-        st.button(
-            "Copy from the Augmentations page",
-            on_click=common.preset_chain,
-            args=(chain_key, st.session_state["augmentations"]),
-            key="train.use_page_chain",
-            help="Use the chain you built on the Augmentations page.",
-        )
-        st.button(
-            "Reset to the method's defaults",
-            on_click=common.preset_chain,
-            args=(chain_key, method.default_augmentations),
-            key="train.reset_chain",
-        )
-    if normal_train:
-        size, seed = params.get("image_size"), params.get("seed", 0)
-        picked = [normal_train[i] for i in viz.pick_indices(len(normal_train), N_PREVIEW, seed)]
-        try:
-            samples = viz.augmentation_samples(common.images_of(picked), chain, seed, work_size=size, display_size=128)
-        except ValueError as exc:
-            problems.append(f"augmentations: {exc}")
-        else:
-            st.caption(f"What training sees: {N_PREVIEW} training images at {size}×{size} px, augmented.")
-            common.show_samples(samples, columns=2)
+    if not catalog.entry(method_name).uses_augmentations:
+        chain = []  # nothing to choose and nothing to preview: training sees the photos as they are
+    else:
+        chain_key = f"train.{method_name}.aug"
+        common.carry_page_chain(chain_key)
+        chain = common.augmentation_editor(chain_key, method.default_augmentations)
+        st.caption(f"Training uses this chain: {common.chain_source(chain, method.default_augmentations)}.")
+        with st.container(horizontal=True):
+            st.button(
+                "Copy from the Augmentations page",
+                on_click=common.preset_chain,
+                args=(chain_key, st.session_state["augmentations"]),
+                key="train.use_page_chain",
+                help="Use the chain you built on the Augmentations page.",
+            )
+            st.button(
+                "Reset to the method's defaults",
+                on_click=common.preset_chain,
+                args=(chain_key, method.default_augmentations),
+                key="train.reset_chain",
+            )
+        if normal_train:
+            size, seed = params.get("image_size"), params.get("seed", 0)
+            picked = [normal_train[i] for i in viz.pick_indices(len(normal_train), N_PREVIEW, seed)]
+            try:
+                samples = viz.augmentation_samples(
+                    common.images_of(picked), chain, seed, work_size=size, display_size=128
+                )
+            except ValueError as exc:
+                problems.append(f"augmentations: {exc}")
+            else:
+                st.caption(f"What training sees: {N_PREVIEW} training images at {size}×{size} px.")
+                common.show_samples(samples, columns=2)
 
 with run_col:
     st.subheader("Run")
@@ -242,7 +279,10 @@ if rows:
         hide_index=True,
         width="stretch",
         column_config={
-            "train s": st.column_config.NumberColumn(format="%.1f"),
+            "training s": st.column_config.NumberColumn(format="%.1f", help="The training phase alone."),
+            "total s": st.column_config.NumberColumn(
+                format="%.1f", help="Loading, training, scoring and the embedding map: the run's whole time."
+            ),
             "budget stop": st.column_config.CheckboxColumn(help="Training was stopped by its time budget."),
             "image AUROC": st.column_config.NumberColumn(format="%.3f"),
             "pixel AUROC": st.column_config.NumberColumn(format="%.3f"),

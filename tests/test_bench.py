@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -84,3 +85,35 @@ def test_bench_rejects_bad_input_clearly(tmp_path, capsys, extra, message):
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_bench_saves_each_method_as_it_finishes_and_a_failure_costs_only_that_method(tmp_path, capsys, monkeypatch):
+    from adcore.methods import get_method_class
+
+    data = make_tiny_mvtec(tmp_path / "set", n_train=6, n_test_good=2, n_defect=2, size=48)
+    out = tmp_path / "r.json"
+    seen_when_memae_started = []
+
+    def broken_fit(self, images, ctx):
+        # By now the autoencoder's row is on disk and on the screen.
+        seen_when_memae_started.append(json.loads(out.read_text()))
+        assert "autoencoder | own" in capsys.readouterr().out
+        raise RuntimeError("the network exploded")
+
+    monkeypatch.setattr(get_method_class("memae"), "fit", broken_fit)
+    code = main([
+        "bench", "--data", str(data), "--methods", "autoencoder,memae,pretrained_gaussian", "--scorers", "own",
+        "--image-size", "32", "--param", "autoencoder.epochs=1", "--param", "autoencoder.width=8",
+        "--out", str(out),
+    ])
+
+    assert code == 1, "a failed method makes the exit status say so"
+    assert [(r["method"], r["scorer"]) for r in seen_when_memae_started[0]] == [("autoencoder", "own")]
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["autoencoder", "memae", "pretrained_gaussian"]
+    assert rows[1]["error"] == "RuntimeError: the network exploded" and rows[1]["scorer"] is None
+    assert rows[2]["image_auroc"] is not None, "the method after the failure still ran"
+    captured = capsys.readouterr()
+    assert re.search(r"memae +\| FAILED: RuntimeError: the network exploded", captured.out)
+    assert "1 of 3 method(s) failed: memae" in captured.err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no temporary file left"

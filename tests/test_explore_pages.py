@@ -284,11 +284,14 @@ def test_slider_range_best_columns_and_titles():
     assert viz.threshold_slider_range(np.array([-1.0, 76.6])).step == pytest.approx(0.01)
     assert span.clip(99) == span.high
     rows = [
-        {"image AUROC": 0.9, "train s": 5.0},
-        {"image AUROC": None, "train s": 2.0},
-        {"image AUROC": 0.95, "train s": 2.0},
+        {"image AUROC": 0.9, "training s": 5.0, "data": "a"},
+        {"image AUROC": None, "training s": 2.0, "data": "a"},
+        {"image AUROC": 0.95, "training s": 2.0, "data": "a"},
+        {"image AUROC": 0.99, "training s": 1.0, "data": "b"},  # alone on its data: never "best"
     ]
-    assert viz.best_per_column(rows) == {"image AUROC": {2}, "train s": {1, 2}}
+    assert viz.best_per_column(rows) == {"image AUROC": {2}, "training s": {1, 2}}
+    rows.append({"image AUROC": 0.5, "training s": 9.0, "data": "b"})
+    assert viz.best_per_column(rows) == {"image AUROC": {2, 3}, "training s": {1, 2, 3}}
     assert viz.run_title({"created": "2026-01-02T03:04:05+00:00"}, "20260102-030405-patchcore-abc123") == (
         "patchcore-abc123 · 01-02 03:04"
     )

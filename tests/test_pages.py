@@ -6,6 +6,7 @@ Training here is tiny (32 px images, a width-8 network) so the whole file runs i
 from __future__ import annotations
 
 import io
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -19,10 +20,10 @@ from streamlit.testing.v1 import AppTest
 
 from tests.helpers import texts
 
-from adcore import viz
+from adcore import catalog, viz
 from adcore.data import ImageSet, open_image_set
 from adcore.jobs import CANCELLED, FINISHED
-from adcore.methods import METHODS, get_method_class
+from adcore.methods import DEFAULT_METHOD, METHODS, get_method_class
 from adcore.training import TrainSpec
 from app_pages import common
 
@@ -76,6 +77,14 @@ def app_at(page: str | None = None, image_set: ImageSet | None = None) -> AppTes
 
 
 
+def train_page(image_set: ImageSet | None = None, method: str = "autoencoder") -> AppTest:
+    """The Train page with ``method`` picked (the tests below set the autoencoder's parameters)."""
+    at = app_at("app_pages/train.py", image_set)
+    at.radio(key="train.method").set_value(method).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
 def poll(at: AppTest, done, what: str, timeout: float = TIMEOUT_S) -> AppTest:
     """Rerun the page (as the browser's polling would) until ``done(at)`` or fail after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -104,7 +113,7 @@ def metric(at: AppTest, label: str) -> str:
 
 
 def test_data_page_shows_the_demo_set():
-    at = app_at()
+    at = app_at("app_pages/data.py")
     assert at.title[0].value == "Data"
     assert metric(at, "Normal training images") == "80"
     assert metric(at, "Test images") == "50"
@@ -128,7 +137,7 @@ def test_data_page_shows_the_demo_set():
 
 
 def test_data_page_uploads_images_and_lists_bad_files(tmp_path):
-    at = app_at()
+    at = app_at("app_pages/data.py")
     good = [(f"part{i}.png", _png(seed=i), "image/png") for i in range(3)]
     broken = ("notes.png", b"this is not a png", "image/png")
     at.file_uploader(key="data.uploads.0").set_value(good + [broken]).run()
@@ -145,7 +154,7 @@ def test_data_page_uploads_images_and_lists_bad_files(tmp_path):
 
 
 def test_data_page_opens_a_server_folder(tiny_set, tmp_path):
-    at = app_at()
+    at = app_at("app_pages/data.py")
     at.text_input(key="data.folder").set_value(str(tmp_path / "missing")).run()
     at.button(key="data.open_folder").click().run()
     assert not at.exception and "no such file or folder" in at.error[0].value
@@ -197,7 +206,7 @@ def test_augmentations_page_previews_and_remembers_the_chain():
 @pytest.mark.parametrize("method_name", METHODS.names())
 def test_train_form_is_built_from_the_registry(method_name):
     at = app_at("app_pages/train.py")
-    at.selectbox(key="train.method").set_value(method_name).run()
+    at.radio(key="train.method").set_value(method_name).run()
     assert not at.exception
     method = get_method_class(method_name)
     kinds = ("slider", "number_input", "selectbox", "toggle", "text_input")
@@ -207,28 +216,53 @@ def test_train_form_is_built_from_the_registry(method_name):
     widgets = {w.key: w.value for kind in kinds for w in getattr(at, kind)}
     for p in method.param_specs():
         assert widgets[f"train.{method_name}.param.{p.name}"] == pytest.approx(p.default), p.name
-    # The augmentations start from the method's defaults, with the method's word on their role.
-    assert at.multiselect(key=f"train.{method_name}.aug.names").value == [n for n, _ in method.default_augmentations]
+    # The augmentations start from the method's defaults, with the method's word on their role;
+    # a method that uses none offers no chain and no preview pairs.
     if method.augmentation_role:
         assert method.augmentation_role in texts(at)
+    if catalog.entry(method_name).uses_augmentations:
+        assert at.multiselect(key=f"train.{method_name}.aug.names").value == [n for n, _ in method.default_augmentations]
+        assert len(at.image) == 4  # the preview of what training sees
+    else:
+        assert not [m for m in at.multiselect if m.key == f"train.{method_name}.aug.names"]
+        assert len(at.image) == 0
     assert "Nothing is training" in texts(at)
     assert "No runs yet" in texts(at)
-    assert len(at.image) == 4  # the preview of what training sees
 
 
-def test_train_page_copies_the_augmentations_page_chain():
-    at = app_at("app_pages/augmentations.py")
+def test_train_lists_the_recommended_method_first_with_groups_and_times():
+    at = app_at("app_pages/train.py")
+    picker = at.radio(key="train.method")
+    assert picker.options[0] == get_method_class(DEFAULT_METHOD).title and picker.value == DEFAULT_METHOD
+    captions = [c for c in picker.proto.captions]
+    assert captions[0].startswith("Recommended · good for ")
+    groups = [c.split(" · ")[0] for c in captions]
+    assert groups == sorted(groups, key=catalog.GROUPS.index), "each group together, in order"
+    assert {"Pretrained features", "Self-supervised from scratch", "Reconstruction"} <= set(groups)
+    assert all(re.search(r"about \d+(\.\d)? (s|min|h)$", c) for c in captions), captions
+
+
+def test_train_page_starts_from_the_augmentations_page_chain():
+    at = train_page()
+    assert at.multiselect(key="train.autoencoder.aug.names").value == ["color_jitter"]
+    assert "Training uses this chain: the method's defaults." in texts(at)
+    at.switch_page("app_pages/augmentations.py").run()
     at.multiselect(key="augment.names").set_value(["cutpaste"]).run()
+    at.switch_page("app_pages/train.py").run()
+    assert at.multiselect(key="train.autoencoder.aug.names").value == ["cutpaste"]
+    assert "Training uses this chain: the one built on the Augmentations page." in texts(at)
+    at.button(key="train.reset_chain").click().run()
+    assert at.multiselect(key="train.autoencoder.aug.names").value == ["color_jitter"]
+    # Going back and forth without changing the page's chain keeps the Train page's own choice.
+    at.switch_page("app_pages/augmentations.py").run()
     at.switch_page("app_pages/train.py").run()
     assert at.multiselect(key="train.autoencoder.aug.names").value == ["color_jitter"]
     at.button(key="train.use_page_chain").click().run()
     assert at.multiselect(key="train.autoencoder.aug.names").value == ["cutpaste"]
-    at.button(key="train.reset_chain").click().run()
-    assert at.multiselect(key="train.autoencoder.aug.names").value == ["color_jitter"]
 
 
 def test_train_settings_survive_a_visit_to_another_page():
-    at = app_at("app_pages/train.py")
+    at = train_page()
     set_train_params(at, epochs=7, image_size=48)
     at.slider(key="train.holdout").set_value(0.3)
     at.number_input(key="train.budget").set_value(1.5)
@@ -243,7 +277,7 @@ def test_train_settings_survive_a_visit_to_another_page():
 
 
 def test_train_shows_progress_queue_and_cancels(tiny_set):
-    at = app_at("app_pages/train.py", tiny_set)
+    at = train_page(tiny_set)
     set_train_params(at, epochs=2000, **TINY)
     at.button(key="train.start").click().run()
     first = at.session_state["train.job_id"]
@@ -267,7 +301,7 @@ def test_train_shows_progress_queue_and_cancels(tiny_set):
 
 
 def test_train_finishes_and_lists_the_run(tiny_set):
-    at = app_at("app_pages/train.py", tiny_set)
+    at = train_page(tiny_set)
     set_train_params(at, epochs=1, **TINY)
     at.text_input(key="train.name").set_value("tiny")
     at.button(key="train.start").click().run()
@@ -276,6 +310,11 @@ def test_train_finishes_and_lists_the_run(tiny_set):
     assert job.status == FINISHED
     run_id = job.run_dir.name
     assert run_id in at.success[0].value
+    # One total, the run's, with each phase named beside it.
+    config = common.run_configs(common.runs_root())[0][0][1]
+    assert f"Finished in {viz.format_seconds(config['total_seconds'])}" in at.success[0].value
+    assert re.search(r"loading \d+:\d\d · training \d+:\d\d · scoring \d+:\d\d · embedding map", texts(at))
+    assert "Explore page" not in texts(at)
     assert at.session_state["selected_run"] == run_id
     assert float(metric(at, "Image AUROC")) >= 0  # the demo set has labelled test images
     runs = at.dataframe[0].value
@@ -289,7 +328,7 @@ def test_student_teacher_picks_its_teacher_from_the_runs_that_can_teach(tiny_set
     teacher = train_run(TrainSpec(data=str(tiny_set.root), name="teacher", params=dict(TINY, epochs=1)), runs_dir)
     no_maps = train_run(TrainSpec(data=str(tiny_set.root), method="pretrained_gaussian", params={"image_size": 32}), runs_dir)
     at = app_at("app_pages/train.py", tiny_set)
-    at.selectbox(key="train.method").set_value("student_teacher").run()
+    at.radio(key="train.method").set_value("student_teacher").run()
     picker = at.selectbox(key="train.student_teacher.param.teacher")
     assert picker.value == "efficientnet_lite0"
     labels = picker.options

@@ -12,8 +12,13 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
+
+from adcore.files import write_atomic
 
 OWN_SCORER = "own"  # the method's own image score
 DEFAULT_EMBEDDING_SCORERS = ("gaussian", "knn")
@@ -88,6 +93,13 @@ def run(args: argparse.Namespace) -> int:
         for s in scorers:
             if s != OWN_SCORER:
                 SCORERS.get(s)
+    out = Path(args.out)
+
+    def record(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
+        # After every method: a crash or Ctrl-C later keeps what was measured.
+        write_atomic(out, json.dumps(rows, indent=2).encode("utf-8"))
+        print(format_table(new), flush=True)
+
     rows = bench(
         args.data,
         methods,
@@ -97,15 +109,27 @@ def run(args: argparse.Namespace) -> int:
         budget_s=args.budget_s,
         batch_size=args.batch_size,
         device=args.device,
+        on_method=record,
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_text(json.dumps(rows, indent=2))
-    tmp.replace(out)
+    print()
     print(format_table(rows))
     print(f"results -> {out}")
+    failed = [r["method"] for r in rows if r.get("error")]
+    if failed:
+        print(f"error: {len(failed)} of {len(methods)} method(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
+
+
+@dataclass
+class BenchData:
+    """The images every method is measured on: HWC uint8 train (normal) and test images, which
+    test images are anomalous, and a mask per test image (all False for normal ones)."""
+
+    train_images: list[np.ndarray]
+    test_images: list[np.ndarray]
+    is_anomaly: np.ndarray
+    masks: list[np.ndarray]
 
 
 def bench(
@@ -118,15 +142,15 @@ def bench(
     budget_s: float | None = None,
     batch_size: int = 32,
     device: str = "auto",
+    on_method: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Fit and score each method on ``data``; one result dict per method and scorer."""
-    import numpy as np
-    from tqdm import tqdm
+    """Fit and score each method on ``data``; one result dict per method and scorer.
 
+    A method that fails gets one row with its ``error`` and the others still run. After each method
+    ``on_method(rows so far, its rows)`` is called, e.g. to save and print them.
+    """
     from adcore.data import load_image, load_mask, open_image_set
-    from adcore.device import describe_device, pick_device
-    from adcore.methods import FitContext, build_method
-    from adcore.scoring import build_scorer, image_metrics, pixel_auroc
+    from adcore.device import pick_device
 
     torch_device = pick_device(device)
     image_set = open_image_set(data)
@@ -134,38 +158,72 @@ def bench(
         raise ValueError(f"{data}: no normal training images (train/good)")
     if not image_set.test:
         raise ValueError(f"{data}: no test images (test/<class>) to measure on")
-    train_images = [load_image(r.path) for r in image_set.normal_train]
     test_records = image_set.test
-    test_images = [load_image(r.path) for r in test_records]
-    is_anomaly = np.array([not r.is_normal for r in test_records])
-    masks = [np.zeros((r.height, r.width), bool) if r.is_normal else load_mask(r) for r in test_records]
+    images = BenchData(
+        train_images=[load_image(r.path) for r in image_set.normal_train],
+        test_images=[load_image(r.path) for r in test_records],
+        is_anomaly=np.array([not r.is_normal for r in test_records]),
+        masks=[np.zeros((r.height, r.width), bool) if r.is_normal else load_mask(r) for r in test_records],
+    )
     reference: dict[int, float] = {}
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in methods:
         method_params = dict((params or {}).get(name, {}))
         if image_size is not None:
             method_params["image_size"] = image_size
-        method = build_method(name, **method_params)
-        config = method.get_params()
-        size = config["image_size"]
-        _reset_peak_memory(torch_device)
+        try:
+            new = measure_method(name, method_params, images, scorers, budget_s, batch_size, torch_device, reference)
+        except Exception as exc:  # noqa: BLE001 - one method's failure must not cost the others' results
+            new = [failed_row(name, method_params, exc, torch_device)]
+            print(f"error: {name} failed: {new[0]['error']}", file=sys.stderr)
+            _free_memory(torch_device)
+        rows += new
+        if on_method is not None:
+            on_method(rows, new)
+    return rows
 
-        bar = tqdm(total=0, desc=name, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
-        shown = {"phase": None}
 
-        def on_progress(event: dict, bar=bar, name=name, shown=shown) -> None:
-            phase = event.get("phase", "")
-            if shown["phase"] != phase:
-                shown["phase"] = phase
-                bar.reset(total=event.get("total_steps") or None)
-                bar.set_description(f"{name}: {phase}", refresh=False)
-            bar.n = event.get("step", 0)
-            if event.get("loss") is not None:
-                bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
-            bar.refresh()
+def measure_method(
+    name: str,
+    method_params: dict[str, Any],
+    data: BenchData,
+    scorers: list[str] | None,
+    budget_s: float | None,
+    batch_size: int,
+    torch_device,
+    reference: dict[int, float],
+) -> list[dict[str, Any]]:
+    """Fit one method on the training images, score the test images; one row per scorer.
+    ``reference`` caches the bare ResNet-18's images/s per image size."""
+    from tqdm import tqdm
 
-        ctx = FitContext(device=torch_device, budget_s=budget_s, on_progress=on_progress)
+    from adcore.device import describe_device
+    from adcore.methods import FitContext, build_method
+    from adcore.scoring import build_scorer
+
+    train_images, test_images = data.train_images, data.test_images
+    method = build_method(name, **method_params)
+    config = method.get_params()
+    size = config["image_size"]
+    _reset_peak_memory(torch_device)
+
+    bar = tqdm(total=0, desc=name, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
+    shown = {"phase": None}
+
+    def on_progress(event: dict) -> None:
+        phase = event.get("phase", "")
+        if shown["phase"] != phase:
+            shown["phase"] = phase
+            bar.reset(total=event.get("total_steps") or None)
+            bar.set_description(f"{name}: {phase}", refresh=False)
+        bar.n = event.get("step", 0)
+        if event.get("loss") is not None:
+            bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
+        bar.refresh()
+
+    ctx = FitContext(device=torch_device, budget_s=budget_s, on_progress=on_progress)
+    try:
         t0 = time.monotonic()
         method.fit(train_images, ctx)
         train_seconds = time.monotonic() - t0
@@ -178,70 +236,106 @@ def bench(
             parts.append(method.predict(test_images[start : start + batch_size], batch_size=batch_size))
             bar.update(len(parts[-1].scores))
         score_seconds = time.monotonic() - t0
+    finally:
         bar.close()
-        scores = np.concatenate([p.scores for p in parts])
-        embeddings = None if parts[0].embeddings is None else np.concatenate([p.embeddings for p in parts])
-        maps = None if parts[0].anomaly_maps is None else [m for p in parts for m in p.anomaly_maps]
+    scores = np.concatenate([p.scores for p in parts])
+    embeddings = None if parts[0].embeddings is None else np.concatenate([p.embeddings for p in parts])
+    maps = None if parts[0].anomaly_maps is None else [m for p in parts for m in p.anomaly_maps]
 
-        wanted = scorers or [OWN_SCORER, *(DEFAULT_EMBEDDING_SCORERS if embeddings is not None else ())]
-        embedding_scorers = [s for s in wanted if s != OWN_SCORER]
-        if embedding_scorers and embeddings is None:
-            print(f"note: {name} gives no embeddings; skipping scorers {', '.join(embedding_scorers)}", file=sys.stderr)
-            embedding_scorers = []
-        train_embeddings = None
-        if embedding_scorers:
-            train_embeddings = np.concatenate(
-                [
-                    method.predict(train_images[s : s + batch_size], batch_size=batch_size).embeddings
-                    for s in tqdm(
-                        range(0, len(train_images), batch_size),
-                        desc=f"{name}: embedding train",
-                        file=sys.stderr,
-                        leave=False,
-                    )
-                ]
-            )
-        peak_mb = _peak_memory_mb(torch_device)
-        if size not in reference:
-            reference[size] = resnet18_images_per_second(size, batch_size, torch_device)
+    wanted = scorers or [OWN_SCORER, *(DEFAULT_EMBEDDING_SCORERS if embeddings is not None else ())]
+    embedding_scorers = [s for s in wanted if s != OWN_SCORER]
+    if embedding_scorers and embeddings is None:
+        print(f"note: {name} gives no embeddings; skipping scorers {', '.join(embedding_scorers)}", file=sys.stderr)
+        embedding_scorers = []
+    train_embeddings = None
+    if embedding_scorers:
+        train_embeddings = np.concatenate(
+            [
+                method.predict(train_images[s : s + batch_size], batch_size=batch_size).embeddings
+                for s in tqdm(
+                    range(0, len(train_images), batch_size),
+                    desc=f"{name}: embedding train",
+                    file=sys.stderr,
+                    leave=False,
+                )
+            ]
+        )
+    peak_mb = _peak_memory_mb(torch_device)
+    if size not in reference:
+        reference[size] = resnet18_images_per_second(size, batch_size, torch_device)
 
-        common = {
-            "method": name,
-            "device": describe_device(torch_device),
-            "image_size": size,
-            "params": config,
-            "n_train": len(train_images),
-            "n_test": len(test_images),
-            "peak_memory_mb": round(peak_mb, 1),
-            "resnet18_images_per_second": round(reference[size], 2),
-        }
-        for scorer in wanted:
-            if scorer == OWN_SCORER:
-                row_scores, seconds, row_maps = scores, score_seconds, maps
-                extra_fit = 0.0
-            elif scorer in embedding_scorers:
-                t0 = time.monotonic()
-                fitted = build_scorer(scorer).fit(train_embeddings)
-                extra_fit = time.monotonic() - t0
-                t0 = time.monotonic()
-                row_scores = fitted.score(embeddings)
-                seconds, row_maps = score_seconds + time.monotonic() - t0, None
-            else:
-                continue
-            ips = len(test_images) / max(seconds, 1e-9)
-            metrics = image_metrics(row_scores, is_anomaly)
-            rows.append(
-                {
-                    **common,
-                    "scorer": scorer,
-                    **metrics,
-                    "pixel_auroc": pixel_auroc(row_maps, masks) if row_maps is not None else None,
-                    "train_seconds": round(train_seconds + extra_fit, 2),
-                    "images_per_second": round(ips, 2),
-                    "resnet18_ratio": round(ips / reference[size], 4),
-                }
-            )
+    common = {
+        "method": name,
+        "device": describe_device(torch_device),
+        "image_size": size,
+        "params": config,
+        "n_train": len(train_images),
+        "n_test": len(test_images),
+        "peak_memory_mb": round(peak_mb, 1),
+        "resnet18_images_per_second": round(reference[size], 2),
+    }
+    rows = []
+    for scorer in wanted:
+        if scorer == OWN_SCORER:
+            row_scores, seconds, row_maps = scores, score_seconds, maps
+            extra_fit = 0.0
+        elif scorer in embedding_scorers:
+            t0 = time.monotonic()
+            fitted = build_scorer(scorer).fit(train_embeddings)
+            extra_fit = time.monotonic() - t0
+            t0 = time.monotonic()
+            row_scores = fitted.score(embeddings)
+            seconds, row_maps = score_seconds + time.monotonic() - t0, None
+        else:
+            continue
+        ips = len(test_images) / max(seconds, 1e-9)
+        rows.append(
+            {
+                **common,
+                "scorer": scorer,
+                **score_metrics(row_scores, row_maps, data),
+                "train_seconds": round(train_seconds + extra_fit, 2),
+                "images_per_second": round(ips, 2),
+                "resnet18_ratio": round(ips / reference[size], 4),
+            }
+        )
     return rows
+
+
+def score_metrics(scores: np.ndarray, maps: list[np.ndarray] | None, data: BenchData) -> dict[str, float | None]:
+    """The accuracy figures of one way of scoring the test images: image metrics from ``scores``,
+    pixel metrics from the anomaly ``maps`` (HxW float per test image; None: the scorer has none)."""
+    from adcore.scoring import image_metrics, pixel_auroc
+
+    return {
+        **image_metrics(scores, data.is_anomaly),
+        "pixel_auroc": pixel_auroc(maps, data.masks) if maps is not None else None,
+    }
+
+
+def failed_row(name: str, method_params: dict[str, Any], exc: BaseException, torch_device) -> dict[str, Any]:
+    """The row of a method that failed: what it was asked to do and the message, no figures."""
+    from adcore.device import describe_device
+    from adcore.jobs import describe_error
+
+    return {
+        "method": name,
+        "scorer": None,
+        "device": describe_device(torch_device),
+        "params": method_params,
+        "error": describe_error(exc),
+    }
+
+
+def _free_memory(device) -> None:
+    """After a failed method (often: out of memory), give its memory back before the next one."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def resnet18_images_per_second(image_size: int, batch_size: int, device) -> float:
@@ -304,12 +398,13 @@ def _peak_memory_mb(device) -> float:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The results as a fixed-width text table."""
+    """The results as a fixed-width text table; a failed method's row gives its message instead."""
     header = ("method", "scorer", "img AUROC", "img AUPR", "F1 max", "pix AUROC", "train s", "img/s", "x RN18", "peak MB")
 
     def fmt(value: Any, digits: int = 4) -> str:
         return "n/a" if value is None else f"{value:.{digits}f}"
 
+    measured = [r for r in rows if not r.get("error")]
     lines = [
         (
             r["method"],
@@ -323,11 +418,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             fmt(r["resnet18_ratio"], 3),
             fmt(r["peak_memory_mb"], 0),
         )
-        for r in rows
+        for r in measured
     ]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     out = [" | ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in [header, *lines]]
     out.insert(1, "-+-".join("-" * w for w in widths))
+    out += [f"{r['method'].ljust(widths[0])} | FAILED: {r['error']}" for r in rows if r.get("error")]
     if rows:
         out.append(f"device: {rows[0]['device']}; x RN18 = scoring images/s / bare ResNet-18 forward images/s")
     return "\n".join(out)
