@@ -90,6 +90,20 @@ def new_upload_dir(tag: str, uploads_root: Path | None = None) -> Path:
     return path
 
 
+def skipped_table(skipped: Sequence[tuple[str, str]]) -> None:
+    """The (file, reason) of skipped files as a table whose file names are not cut off."""
+    st.dataframe(
+        [{"file": name, "reason": reason} for name, reason in skipped],
+        hide_index=True,
+        width="stretch",
+        height=min(300, 38 + 35 * len(skipped)),
+        column_config={
+            "file": st.column_config.TextColumn(width="large"),
+            "reason": st.column_config.TextColumn(width="large"),
+        },
+    )
+
+
 def refused_zips(skipped: Sequence[SkippedFile]) -> list[SkippedFile]:
     """The uploaded zips that were refused as a whole (too large, too many files, not a zip)."""
     return [s for s in skipped if s.reason.startswith("zip refused")]

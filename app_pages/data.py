@@ -20,7 +20,7 @@ image_set = common.current_image_set()
 summary = image_set.summary()
 
 st.title("Data")
-source = "the demo set (synthetic turned flanges)" if common.is_demo(image_set) else f"`{image_set.root}`"
+source = "the demo set (synthetic turned flanges)" if common.is_demo(image_set) else f"**{common.set_name(image_set)}**"
 with st.container(horizontal=True, vertical_alignment="center"):
     st.markdown(f"Working on {source} · {LAYOUTS.get(image_set.layout, image_set.layout)}")
     if not common.is_demo(image_set) and st.button("Back to the demo set", icon=":material/undo:", key="data.demo"):
@@ -38,10 +38,8 @@ c4.metric("Masks", sum(r.mask_path is not None for r in test))
 c5.metric("Skipped files", len(image_set.skipped))
 
 if len(normal_train) < 2:
-    st.warning(
-        f"Only {len(normal_train)} usable normal training image(s): training needs at least 2. "
-        "Upload more photos of good parts below."
-    )
+    usable = "No usable normal training image" if not normal_train else "Only one usable normal training image"
+    st.warning(f"{usable}: training needs at least 2. Upload more photos of good parts below.")
 elif not test:
     st.info(
         "No test images: training works, but there are no labelled defects to measure it on "
@@ -59,42 +57,13 @@ with table_col:
 with info_col:
     st.subheader("Image sizes")
     st.write(viz.size_summary(summary) or "–")
-    st.subheader("Skipped files")
-    if image_set.skipped:
-        st.dataframe(
-            [{"file": s.rel_path, "reason": s.reason} for s in image_set.skipped],
-            hide_index=True,
-            width="stretch",
-            height=min(300, 38 + 35 * len(image_set.skipped)),
-            column_config={
-                "file": st.column_config.TextColumn(width="small"),
-                "reason": st.column_config.TextColumn(width="large"),
-            },
-        )
-    else:
+    if not image_set.skipped:
         st.success("No files skipped: every file of the set is used.")
-
-# --- thumbnails ---------------------------------------------------------------------------------
-st.subheader("Images")
-groups = [("Normal training", normal_train)]
-for label in sorted({r.label for r in test}, key=lambda name: (name != "good", name)):
-    groups.append((f"Test: {label}", [r for r in test if r.label == label]))
-groups = [(name, records) for name, records in groups if records]
-if groups:
-    st.caption("Defect areas from the ground-truth masks are outlined in red.")
-    for tab, (name, records) in zip(st.tabs([f"{name} ({len(records)})" for name, records in groups]), groups):
-        with tab:
-            shown = tuple(records[:MAX_THUMBS])
-            if len(records) > len(shown):
-                st.caption(f"The first {len(shown)} of {len(records)} images.")
-            st.image(
-                common.thumbnails(shown, THUMB_SIZE),
-                caption=[Path(r.rel_path).name for r in shown],
-                width=THUMB_SIZE,
-            )
+if image_set.skipped:
+    st.subheader("Skipped files")
+    common.skipped_table([(s.rel_path, s.reason) for s in image_set.skipped])
 
 # --- another set ----------------------------------------------------------------------------------
-st.divider()
 st.subheader("Use your own images")
 upload_tab, folder_tab = st.tabs(["Upload files", "Folder on the server"])
 
@@ -121,11 +90,15 @@ with upload_tab:
         except OSError as exc:  # the server's disk, not the files: full, or not writable
             st.error(f"Could not save the uploaded files on the server: {exc}")
         else:
-            common.use_image_set(new_set)
+            if new_set.records:  # a set with nothing usable would only replace the one there is
+                common.use_image_set(new_set)
             st.session_state["data.upload_round"] = upload_round + 1
             st.session_state["data.upload_report"] = {
                 "root": str(new_set.root),
+                "used": bool(new_set.records),
+                "usable": len(new_set.records),
                 "refused": [(s.rel_path, s.reason) for s in common.refused_zips(new_set.skipped)],
+                "skipped": [(s.rel_path, s.reason) for s in new_set.skipped],
             }
             st.rerun()
     report = st.session_state.get("data.upload_report")
@@ -152,7 +125,27 @@ with folder_tab:
             else:  # a zip is extracted into a new folder under data/uploads
                 new_set = open_image_set(path, extract_dir=common.new_upload_dir(path.stem))
         except (OSError, ValueError) as exc:
-            st.error(f"Cannot open {path}: {exc}")
+            st.error(f"Cannot open {folder.strip()}: {exc}")
         else:
             common.use_image_set(new_set)
             st.rerun()
+
+# --- thumbnails ---------------------------------------------------------------------------------
+st.divider()
+st.subheader("Images")
+groups = [("Normal training", normal_train)]
+for label in sorted({r.label for r in test}, key=lambda name: (name != "good", name)):
+    groups.append((f"Test: {label}", [r for r in test if r.label == label]))
+groups = [(name, records) for name, records in groups if records]
+if groups:
+    st.caption("Defect areas from the ground-truth masks are outlined in red.")
+    for tab, (name, records) in zip(st.tabs([f"{name} ({len(records)})" for name, records in groups]), groups):
+        with tab:
+            shown = tuple(records[:MAX_THUMBS])
+            if len(records) > len(shown):
+                st.caption(f"The first {len(shown)} of {len(records)} images.")
+            st.image(
+                common.thumbnails(shown, THUMB_SIZE),
+                caption=[Path(r.rel_path).name for r in shown],
+                width=THUMB_SIZE,
+            )

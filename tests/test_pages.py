@@ -123,8 +123,10 @@ def test_data_page_shows_the_demo_set():
     assert list(counts["class"])[2:] == ["contamination", "dent", "missing_material", "scratch"]
     assert "No files skipped" in at.success[0].value
     assert "All 130 images are 256×256 px." in texts(at)
-    # A thumbnail group per tab: normal training, then each test class.
-    assert [t.label for t in at.tabs][:6] == [
+    # The upload area comes before the thumbnails (no scrolling past them), then a thumbnail group
+    # per tab: normal training, then each test class.
+    assert [t.label for t in at.tabs][:2] == ["Upload files", "Folder on the server"]
+    assert [t.label for t in at.tabs][2:8] == [
         "Normal training (80)",
         "Test: good (20)",
         "Test: contamination (7)",
@@ -145,12 +147,27 @@ def test_data_page_uploads_images_and_lists_bad_files(tmp_path):
     assert not at.exception, [e.value for e in at.exception]
     assert metric(at, "Normal training images") == "3"
     assert metric(at, "Skipped files") == "1"
+    assert "Now working on the uploaded set" in at.success[-1].value and "3 usable images" in at.success[-1].value
     skipped = at.dataframe[1].value  # counts table, then the skipped files
     assert list(skipped["file"]) == ["notes.png"] and "not an image" in skipped["reason"][0]
     assert str(tmp_path / "uploads") in str(at.session_state["image_set"].root)
     assert not at.file_uploader(key="data.uploads.1").value, "the uploader is emptied after use"
     at.button(key="data.demo").click().run()
     assert metric(at, "Normal training images") == "80"
+
+
+def test_an_upload_with_no_usable_file_keeps_the_current_set_and_says_why(tmp_path):
+    at = app_at("app_pages/data.py")
+    bad = [("notes.png", b"this is not a png", "image/png"), ("empty.jpg", b"", "image/jpeg")]
+    at.file_uploader(key="data.uploads.0").set_value(bad).run()
+    at.button(key="data.use_uploads").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert metric(at, "Normal training images") == "80", "the demo set is still the working set"
+    assert at.session_state["image_set"].root == common.DEMO_DIR
+    assert not at.success or all("Now working on" not in s.value for s in at.success)
+    assert "None of the 2 uploaded files can be used, so you are still working on the demo set" in at.error[0].value
+    skipped = at.dataframe[-1].value
+    assert sorted(skipped["file"]) == ["empty.jpg", "notes.png"]
 
 
 def test_data_page_opens_a_server_folder(tiny_set, tmp_path):
