@@ -490,7 +490,9 @@ def row_name(results: dict[str, np.ndarray], row: int) -> str:
 
 NORMAL_COLORS = {"train normal": "#aab2bd", "hold-out normal": "#2f6fb0", "test normal": "#4fb0c6"}
 DEFECT_COLORS = ("#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#a50f15", "#f4a259", "#6b3e26")
-SYNTHETIC_COLORS = ("#7b4fbf", "#b39ddb", "#5e35b1")
+SYNTHETIC_COLORS = ("#7b4fbf", "#1b9e77", "#e7298a")  # purple, green, magenta: told apart at a glance
+SYNTHETIC_SYMBOLS = ("diamond", "triangle-up", "star")
+SCORE_COLORSCALE = "YlOrRd"  # pale yellow (low) to dark red (high): the lowest scores look like the least
 THRESHOLD_COLOR = "#222222"
 MAX_BOX_POINTS = 400  # a group with more images shows its box and outliers, not every point
 MAX_CURVE_POINTS = 400  # ROC / PR curves sent to the browser are thinned to this many points
@@ -518,6 +520,20 @@ def group_colors(order: Sequence[str]) -> dict[str, str]:
             colours[group] = DEFECT_COLORS[defects % len(DEFECT_COLORS)]
             defects += 1
     return colours
+
+
+def group_symbols(order: Sequence[str], three: bool = False) -> dict[str, str]:
+    """A marker symbol per group: circles for normals, crosses for defects, and a different shape
+    for each synthetic kind (they also differ in colour, see ``group_colors``)."""
+    symbols, synthetic = {}, 0
+    for group in order:
+        kind = group_kind(group)
+        if kind == "synthetic":
+            symbols[group] = "diamond" if three else SYNTHETIC_SYMBOLS[synthetic % len(SYNTHETIC_SYMBOLS)]
+            synthetic += 1
+        else:
+            symbols[group] = "circle" if kind == "normal" else ("cross" if three else "x")
+    return symbols
 
 
 def group_label(group: str, n: int | None = None) -> str:
@@ -933,18 +949,22 @@ def embedding_figure(
     three = dims == 3
     trace = go.Scatter3d if three else (go.Scattergl if len(coords) > 5000 else go.Scatter)
     colours = group_colors(order)
-    symbols = {"normal": "circle", "defect": "x" if not three else "cross", "synthetic": "diamond"}
+    symbols = group_symbols(order, three)
     hover = "<b>%{text}</b><br>%{meta}<br>score %{customdata[1]:.4g}<extra></extra>"
+    # The colour range leaves out the extreme 1 % at either end, so one outlier cannot squeeze every
+    # other image into the middle of the scale.
+    low, high = (float(v) for v in np.percentile(scores, [1, 99])) if len(scores) else (0.0, 1.0)
     fig = go.Figure()
     for group in order:
         rows = np.flatnonzero(groups == group)
         xyz = {"x": coords[rows, 0], "y": coords[rows, 1]}
         if three:
             xyz["z"] = coords[rows, 2]
-        marker: dict[str, Any] = {"size": 4 if three else 8, "symbol": symbols[group_kind(group)], "opacity": 0.85}
+        marker: dict[str, Any] = {"size": 4 if three else 8, "symbol": symbols[group], "opacity": 0.85}
         if color_by == "score":
-            marker.update(color=scores[rows], colorscale="Inferno", cmin=float(scores.min()), cmax=float(scores.max()),
-                          showscale=group == order[0], colorbar={"title": {"text": "score"}})  # fmt: skip
+            marker.update(color=scores[rows], colorscale=SCORE_COLORSCALE, cmin=low, cmax=max(high, low + 1e-12),
+                          line={"width": 0.5, "color": "#777777"}, showscale=group == order[0],
+                          colorbar={"title": {"text": "score"}})  # fmt: skip
         else:
             marker["color"] = colours[group]
         fig.add_trace(
@@ -964,8 +984,11 @@ def embedding_figure(
         margin={"l": 10, "r": 10, "t": 10, "b": 10},
         legend={"title": {"text": "click to hide:"}, "itemsizing": "constant", "orientation": "h", "y": -0.02,
                 "yanchor": "top"},
-        dragmode="lasso" if not three else "orbit",
     )
+    # 2-D: no drag mode of our own, so Streamlit's default (pan) applies, in which a click selects
+    # the point under it; in a box or lasso mode (chosen from the tool bar) clicks select nothing.
+    if three:
+        fig.update_layout(dragmode="orbit")
     if not three:
         fig.update_xaxes(showticklabels=False, title=None)
         fig.update_yaxes(showticklabels=False, title=None)

@@ -61,8 +61,9 @@ def show_selection(run: Run, ctx: viz.ScoreContext, rows: list[int]) -> None:
     if not rows:
         st.markdown("**Selected images**")
         st.caption(
-            "Drag a box or a lasso around points, or click one, to see those images here. Hovering a point "
-            "shows its file name, group and score; clicking a legend entry hides that group."
+            "Click a point to see its image here, or pick the box or lasso tool above the map and drag "
+            "around points to see theirs. Hovering a point shows its file name, group and score; clicking "
+            "a legend entry hides that group."
         )
         return
     counts = Counter(viz.group_label(str(ctx.groups[r])) for r in rows)

@@ -429,3 +429,31 @@ def test_few_shot_classifier_is_cross_validated_on_the_scores_page(runs):
     assert "Classifier AUROC (out of fold)" in [m.label for m in at.metric]
     normal = open_page("app_pages/scores.py", runs["normal"])
     assert "Once some labelled defect images" in texts(normal)
+
+
+def test_embedding_map_tells_every_group_apart_and_colours_scores_low_to_high():
+    order = ["train normal", "hold-out normal", "scratch", "synthetic cutpaste", "synthetic cutpaste scar"]
+    groups = np.repeat(order, 40)
+    scores = np.linspace(0.0, 1.0, groups.size)
+    scores[-1] = 100.0  # one outlier must not squeeze the others into the middle of the scale
+    coords = np.random.default_rng(0).normal(size=(groups.size, 2))
+    names = [f"img{i}" for i in range(groups.size)]
+    fig = viz.embedding_figure(coords, groups, order, scores, names)
+    styles = [(t.marker.color, t.marker.symbol) for t in fig.data]
+    assert len(set(styles)) == len(order), styles
+    synthetic = [t for t in fig.data if "synthetic" in t.name]
+    assert synthetic[0].marker.color != synthetic[1].marker.color
+    assert synthetic[0].marker.symbol != synthetic[1].marker.symbol
+    by_score = viz.embedding_figure(coords, groups, order, scores, names, color_by="score")
+    marker = by_score.data[0].marker
+    assert marker.colorscale[0][1] != marker.colorscale[-1][1]
+    assert marker.cmin == pytest.approx(np.percentile(scores, 1)) and marker.cmax < 50
+    # The lowest colour of the scale is the palest one: low scores do not look mid-range.
+    low, high = (np.array(pc_rgb(c[1])) for c in (marker.colorscale[0], marker.colorscale[-1]))
+    assert low.sum() > high.sum()
+
+
+def pc_rgb(colour: str) -> tuple[int, ...]:
+    import plotly.colors as pc
+
+    return pc.unlabel_rgb(pc.convert_colors_to_same_type(colour, colortype="rgb")[0][0])
