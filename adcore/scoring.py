@@ -41,20 +41,106 @@ def pixel_auroc(
     for amap, mask in zip(maps, masks):
         if mask is None:
             continue
-        h, w = mask.shape
-        scale = min(1.0, max_side / max(h, w))
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        m = np.asarray(Image.fromarray(np.asarray(amap, dtype=np.float32)).resize(size, Image.BILINEAR))
-        g = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
+        m, g, weight = _compared(amap, mask, max_side)
         values.append(m.ravel())
         labels.append(g.ravel())
-        weights.append(np.full(g.size, h * w / g.size))
+        weights.append(np.full(g.size, weight))
     if not labels:
         return None
     y = np.concatenate(labels)
     if y.all() or not y.any():
         return None
     return float(roc_auc_score(y, np.concatenate(values), sample_weight=np.concatenate(weights)))
+
+
+def _compared(amap: np.ndarray, mask: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """A map and its mask at most ``max_side`` pixels on the long side (bilinear / nearest), and the
+    number of original pixels each compared pixel stands for."""
+    h, w = mask.shape
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    m = np.asarray(Image.fromarray(np.asarray(amap, dtype=np.float32)).resize(size, Image.BILINEAR))
+    g = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
+    return m, g, h * w / g.size
+
+
+def pixel_pro(
+    maps: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray | None],
+    max_fpr: float = 0.3,
+    max_side: int = 128,
+) -> float | None:
+    """Area under the per-region-overlap curve up to ``max_fpr`` false-positive rate, divided by
+    ``max_fpr`` (so 1.0 is perfect), as in the MVTec AD evaluation (Bergmann et al., 2021).
+
+    Each connected defect region of the masks (4-connected) counts the same, however small: PRO at a
+    threshold is the mean over regions of the share of the region's pixels at or above it. The
+    false-positive rate is the share of all defect-free pixels (of every image with ground truth) at
+    or above it, each weighted by the original pixels it stands for, as in ``pixel_auroc``. The curve
+    runs through every distinct map value as a threshold and is integrated by trapezoids, cut at
+    ``max_fpr`` by linear interpolation. None without any defect region or any defect-free pixel.
+    """
+    from scipy import ndimage
+
+    values, fp_weight, overlap_weight = [], [], []
+    n_regions = 0
+    per_region: list[tuple[np.ndarray, int]] = []
+    for amap, mask in zip(maps, masks):
+        if mask is None:
+            continue
+        m, g, weight = _compared(amap, mask, max_side)
+        values.append(m[~g])
+        fp_weight.append(np.full(int((~g).sum()), weight))
+        overlap_weight.append(np.zeros(int((~g).sum())))
+        labelled, count = ndimage.label(g)
+        for k in range(1, count + 1):
+            per_region.append((m[labelled == k], int((labelled == k).sum())))
+        n_regions += count
+    if not n_regions or not sum(len(v) for v in values):
+        return None
+    for region_values, size in per_region:
+        values.append(region_values)
+        fp_weight.append(np.zeros(size))
+        overlap_weight.append(np.full(size, 1.0 / (n_regions * size)))
+    v = np.concatenate(values)
+    order = np.argsort(-v, kind="mergesort")
+    v = v[order]
+    fpr = np.cumsum(np.concatenate(fp_weight)[order])
+    fpr /= fpr[-1]
+    pro = np.cumsum(np.concatenate(overlap_weight)[order])
+    # One point per distinct value (the threshold takes all pixels equal to it at once), from (0, 0).
+    last = np.r_[np.flatnonzero(np.diff(v) != 0), len(v) - 1]
+    fpr, pro = np.r_[0.0, fpr[last]], np.r_[0.0, pro[last]]
+    end = int(np.searchsorted(fpr, max_fpr, side="right"))  # points with fpr <= max_fpr
+    if end < len(fpr):
+        f0, f1, p0, p1 = fpr[end - 1], fpr[end], pro[end - 1], pro[end]
+        cut = p0 + (p1 - p0) * (max_fpr - f0) / (f1 - f0) if f1 > f0 else p1
+        fpr, pro = np.r_[fpr[:end], max_fpr], np.r_[pro[:end], cut]
+    return float(np.trapezoid(pro, fpr) / max_fpr)
+
+
+def hit_rate(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], dilation: int = 3) -> float | None:
+    """Share of the defect images whose hottest map pixel lies inside their ground-truth mask
+    dilated by ``dilation`` pixels, at the map's resolution (a mask of another size is resized to the
+    map's by nearest neighbour first). Images whose mask is None or empty are not counted; None when
+    there is none to count. Answers "does the heat map point at the defect?", which AUROC over all
+    pixels does not."""
+    from scipy import ndimage
+
+    hits, count = 0, 0
+    for amap, mask in zip(maps, masks):
+        if mask is None or not mask.any():
+            continue
+        amap = np.asarray(amap, dtype=np.float32)
+        if mask.shape != amap.shape:
+            size = (amap.shape[1], amap.shape[0])
+            mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
+        if dilation > 0:
+            mask = ndimage.binary_dilation(mask, iterations=dilation)
+        y, x = np.unravel_index(int(np.argmax(amap)), amap.shape)
+        hits += bool(mask[y, x])
+        count += 1
+    return hits / count if count else None
 
 
 # -- scorers for any embedding ---------------------------------------------------------------------

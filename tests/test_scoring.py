@@ -142,3 +142,79 @@ def test_pixel_auroc_counts_every_pixel_the_same_whatever_the_photo_size():
     # A photo without ground truth is left out; no defect pixel at all gives None.
     assert pixel_auroc([big_map, small_map], [big_mask, None], max_side=16) == pytest.approx(1.0)
     assert pixel_auroc([small_map], [small_mask]) is None
+
+
+# -- per-region overlap and hit rate ---------------------------------------------------------------
+
+def _pro_case():
+    """Two defect regions (A: 2 pixels, B: 1 pixel) and three defect-free pixels, one of them hot."""
+    amap = np.array([[0.9, 0.7, 0.6], [0.8, 0.1, 0.3]], dtype=np.float32)
+    mask = np.array([[True, False, True], [True, False, False]])
+    return amap, mask
+
+
+def test_pixel_pro_matches_the_hand_computed_curve():
+    from adcore.scoring import pixel_pro
+
+    amap, mask = _pro_case()
+    # Thresholds from the top: 0.9 -> (FPR 0, PRO 1/4), 0.8 -> (0, 1/2), 0.7 (defect-free) -> (1/3, 1/2),
+    # 0.6 -> (1/3, 1), 0.3 -> (2/3, 1). Up to FPR 0.3 the curve is 1/2: area 0.15, normalised 0.5.
+    assert pixel_pro([amap], [mask]) == pytest.approx(0.5)
+    # Up to FPR 0.5: 1/2 * 1/3 + 1 * (0.5 - 1/3) = 1/3, normalised 2/3.
+    assert pixel_pro([amap], [mask], max_fpr=0.5) == pytest.approx(2 / 3)
+
+
+def test_pixel_pro_counts_each_region_the_same_and_skips_images_without_truth():
+    from adcore.scoring import pixel_pro
+
+    amap, mask = _pro_case()
+    big = np.zeros((6, 6), bool)
+    big[:4, :4] = True  # a large region found perfectly
+    big_map = np.where(big, 5.0, 0.0).astype(np.float32)
+    # A third region found at FPR 0 raises the mean overlap at every threshold.
+    with_big = pixel_pro([amap, big_map], [mask, big], max_fpr=0.5)
+    assert with_big > pixel_pro([amap], [mask], max_fpr=0.5)
+    assert pixel_pro([amap, amap], [mask, None]) == pytest.approx(0.5)
+    assert pixel_pro([amap], [np.zeros_like(mask)]) is None
+
+
+def test_pixel_pro_perfect_random_and_inverted_maps():
+    from adcore.scoring import pixel_pro
+
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((60, 60), bool) for _ in range(3)]
+    masks[0][5:20, 5:20] = True
+    masks[1][30:34, 10:50] = True
+    noise = [rng.random((60, 60)).astype(np.float32) for _ in masks]
+    assert pixel_pro([n + 2 * m for n, m in zip(noise, masks)], masks) == pytest.approx(1.0)
+    assert pixel_pro([-(n + 2 * m) for n, m in zip(noise, masks)], masks) == pytest.approx(0.0)
+    # A map unrelated to the defects: PRO(FPR) ~ FPR, so the normalised area is about 0.15.
+    assert pixel_pro(noise, masks) == pytest.approx(0.15, abs=0.05)
+
+
+def test_hit_rate_hand_computed():
+    from adcore.scoring import hit_rate
+
+    mask = np.zeros((20, 20), bool)
+    mask[8:12, 8:12] = True
+    inside, near, far, clean = (np.zeros((20, 20), np.float32) for _ in range(4))
+    inside[9, 10] = 1.0  # hottest pixel on the defect: a hit
+    near[9, 14] = 1.0  # 3 px right of the mask (columns 8..11): inside the 3 px dilation, a hit
+    far[9, 16] = 1.0  # 5 px away: a miss
+    clean[0, 0] = 1.0  # a defect-free image is not counted
+    no_defect = np.zeros((20, 20), bool)
+    assert hit_rate([inside, near, far, clean], [mask, mask, mask, no_defect]) == pytest.approx(2 / 3)
+    assert hit_rate([near], [mask], dilation=0) == 0.0
+    assert hit_rate([clean], [no_defect]) is None
+
+
+def test_hit_rate_resizes_the_mask_to_the_map():
+    from adcore.scoring import hit_rate
+
+    mask = np.zeros((40, 40), bool)
+    mask[20:28, 4:12] = True  # at the map's 20x20 resolution: rows 10..13, columns 2..5
+    amap = np.zeros((20, 20), np.float32)
+    amap[11, 3] = 1.0
+    assert hit_rate([amap], [mask], dilation=0) == 1.0
+    amap[11, 3], amap[2, 15] = 0.0, 1.0
+    assert hit_rate([amap], [mask]) == 0.0
