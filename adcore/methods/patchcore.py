@@ -15,12 +15,23 @@ import torch.nn.functional as F
 
 from adcore.backbones import BACKBONES, load_backbone
 from adcore.encoders import normalize_exposure
-from adcore.methods.base import COMMON_PARAMS, FitContext, Method, aspect_shape, gaussian_blur, register_method
+from adcore.methods.base import (
+    COMMON_PARAMS,
+    FitContext,
+    Method,
+    Prediction,
+    aspect_shape,
+    gaussian_blur,
+    register_method,
+)
 from adcore.registry import Param
+from adcore.tiling import cut_tiles, stitch, tile_boxes
 
 # Feature maps by stride (fraction of the image size), so one choice means the same for every backbone.
 LAYER_CHOICES = ("16+32", "8+16", "8+16+32", "4+8", "4+8+16", "8", "16", "32")
 REPORT_EVERY_S = 0.5
+EDGE_PAD = 32  # pixels mirrored around the input with edge_padding="reflect" (the deepest stride, so every map crops evenly)
+TILE_OVERLAP = 0.25
 DISTANCE_CHUNK = 1 << 22  # query x bank distances computed at once (16 MB of float32)
 
 
@@ -45,9 +56,16 @@ class PretrainedFeatures(Method):
         Param("keep_aspect", bool, True, "Keep each photo's width:height ratio (about image_size x image_size "
               "pixels, sides in multiples of 32) instead of squashing it to a square, so long or narrow parts "
               "keep their texture's proportions. Photos of the same shape are batched together."),
+        Param("edge_padding", str, "reflect", "What the network sees beyond the photo's edges: reflect mirrors "
+              f"the photo ({EDGE_PAD} px), so edges and corners look like the rest of the surface; zeros is the "
+              "network's own zero padding, which makes edges look unusual and their heat maps hot.",
+              choices=("reflect", "zeros")),
+        Param("tile_size", int, 0, "Cut each photo into overlapping tiles of this many native pixels a side, "
+              "each seen at image_size, and stitch their maps back (0: the whole photo at image_size). For "
+              "large photos whose small defects vanish when the whole photo is shrunk.", 0, 8192),
     ]
-    # Models saved before these parameters existed were fitted on squares.
-    defaults_of_older_models = {"keep_aspect": False}
+    # Models saved before these parameters existed were fitted on squares with zero padding.
+    defaults_of_older_models = {"keep_aspect": False, "edge_padding": "zeros"}
 
     @classmethod
     def param_specs(cls) -> list[Param]:
@@ -69,13 +87,47 @@ class PretrainedFeatures(Method):
         return super()._input_shape(height, width)
 
     def _fit_images(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return list(images)  # photos as they are; _each_batch resizes them batch by batch
+        # Photos (or their tiles) as they are; _each_batch resizes them batch by batch.
+        tile = self.config_["tile_size"]
+        if not tile:
+            return list(images)
+        return [t for image in images for t in cut_tiles(image, tile_boxes(*image.shape[:2], tile, TILE_OVERLAP))]
 
     def _features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         """(B, 3, S, S) in [0, 1] -> {stride: (B, C, S/stride, S/stride)} from the frozen backbone."""
         if self.config_["normalize"] == "image":
             x = normalize_exposure(x)
-        return self.backbone_(x, self.strides_)
+        if self.config_["edge_padding"] != "reflect":
+            return self.backbone_(x, self.strides_)
+        pad = min(EDGE_PAD, x.shape[-2] - 1, x.shape[-1] - 1)
+        pad -= pad % max(self.strides_)
+        features = self.backbone_(F.pad(x, (pad, pad, pad, pad), mode="reflect"), self.strides_)
+        return {s: f[..., pad // s : f.shape[-2] - pad // s, pad // s : f.shape[-1] - pad // s] for s, f in features.items()}
+
+    def predict(self, images: Sequence[np.ndarray], batch_size: int = 32) -> Prediction:
+        """As ``Method.predict``; with ``tile_size`` each photo is scored tile by tile, its map stitched
+        from the tiles' maps, its score the stitched map's maximum (or the highest tile score where
+        there are no maps) and its embedding the tiles' mean."""
+        self._check_fitted()
+        tile = self.config_["tile_size"]
+        if not tile:
+            return super().predict(images, batch_size)
+        scores, embeddings, maps = np.zeros(len(images)), [], []
+        for i, image in enumerate(images):
+            boxes = tile_boxes(*image.shape[:2], tile, TILE_OVERLAP)
+            part = super().predict(cut_tiles(image, boxes), batch_size)
+            if part.anomaly_maps is not None:
+                maps.append(stitch(part.anomaly_maps, boxes, image.shape[:2]))
+                scores[i] = float(maps[-1].max())
+            else:
+                scores[i] = float(part.scores.max())
+            if part.embeddings is not None:
+                embeddings.append(part.embeddings.mean(0))
+        return Prediction(
+            scores=scores,
+            embeddings=np.stack(embeddings) if embeddings else None,
+            anomaly_maps=maps or None,
+        )
 
     def _each_batch(self, images: Sequence[np.ndarray], ctx: FitContext, phase: str) -> Iterator[torch.Tensor]:
         """Yield (B, 3, H, W) tensors of ``images`` at their input shapes, reporting progress; stops
