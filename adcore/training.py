@@ -201,6 +201,7 @@ def train_run(
         "metrics": metrics,
         "versions": {
             "adcore": adcore.__version__,
+        **method.run_details(),
             "torch": torch.__version__,
             "python": platform.python_version(),
         },

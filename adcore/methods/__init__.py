@@ -15,6 +15,7 @@ from adcore.methods import gan  # noqa: F401  (registers "ognet")
 from adcore.methods import student_teacher  # noqa: F401  (registers "student_teacher")
 from adcore.methods import contrastive  # noqa: F401  (registers "contrastive")
 from adcore.methods import cutpaste  # noqa: F401  (registers "cutpaste")
+from adcore.methods import auto  # noqa: F401  (registers "auto")
 
 DEFAULT_METHOD = "autoencoder"
 

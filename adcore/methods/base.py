@@ -373,6 +373,11 @@ class Method:
         )
         ctx.check_cancel()
 
+    def run_details(self) -> dict[str, Any]:
+        """What a training run stores about this fit beyond weights and scores (e.g. a self-configuring
+        method's selection table), as JSON-able values under their own keys; nothing by default."""
+        return {}
+
     # -- persistence ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Everything learned, as plain tensors (saved with safetensors, never pickled)."""

@@ -1,0 +1,532 @@
+"""A method that configures itself from normal photos alone: ``auto``, the recommended default.
+
+No fixed setting of PatchCore serves every product (measured: on one set fine strides win, on another
+coarse ones; exposure normalisation helps one and hurts another), and the user has no defect labels
+to tune with. So ``auto`` tunes on what it can make itself:
+
+1. It keeps part of the normal photos out (``validation_share``) and pastes synthetic defects of the
+   families in ``adcore.synthetic`` onto them: texture blends, spots, smudges and lines. No candidate
+   trains on these families (CutPaste-style pastes are left out: measured, they saturate).
+2. It fits a small grid of PatchCore candidates on the rest: exposure normalisation on/off, feature
+   strides 16+32 / 8+16, neighbourhood 3 / 5, and tiles at native resolution where the photos are
+   large. Candidates that see the photos the same way share one feature extraction, and the search
+   memories are built from at most ``search_images`` photos, so the search costs about two full fits.
+3. Each candidate is judged by how well it separates the synthetic defects from the clean hold-out
+   photos, per family, at image level (AUROC of the photo scores) and at pixel level (for each defect,
+   the share of clean photos' map pixels below the map's mean inside the defect: each defect counts
+   once, however small, like the per-region overlap). The selection score is the mean of the two over
+   families.
+4. A paired bootstrap over the hold-out photos says whether the best candidate's lead is real. Where
+   it is (the best beats every other in at least ``confidence`` of the resamples), the winner is refit
+   on all normal photos. Where it is not (candidates within noise of each other, or every candidate
+   saturated), the candidates not clearly worse than the best (at most ``max_members``) are combined:
+   each is fitted without the hold-out photos, its map put on the scale of the hold-out photos'
+   (z-scores), and the maps averaged.
+
+The whole selection table (candidates, their label-free scores, time, the decision and why) is kept
+with the model (``selection_``) and stored in the run. Test photos, labels and masks are never read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from adcore.methods.base import FitContext, Method, Prediction, gaussian_blur, register_method
+from adcore.methods.patchcore import PatchCore, greedy_coreset, knn_distance, patch_embedding
+from adcore.registry import Param
+from adcore.synthetic import FAMILIES, make_defect
+
+SEARCH_STRIDES = "8+16+32"  # one extraction gives every candidate's strides
+LARGE_PHOTO_SIDE = 3  # photos whose shorter side is this many times image_size also get tiled candidates
+MIN_VALIDATION = 6
+MAX_VALIDATION = 48
+MIN_DEFECTS_PER_FAMILY = 24
+SEARCH_BANK = 2048  # patches kept in a candidate's search memory (the final fit keeps PatchCore's coreset)
+SEARCH_CANDIDATE_PATCHES = 20_000  # patches the search coreset is chosen from (a random subset)
+SATURATED = 0.995  # every candidate at or above this selection score: the synthetic set tells them apart no more
+BOOTSTRAP = 200
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One PatchCore configuration; ``view`` fields decide the feature extraction it shares."""
+
+    normalize: str
+    layers: str
+    neighbourhood: int
+    tile_size: int = 0
+
+    @property
+    def view(self) -> tuple[str, int]:
+        return (self.normalize, self.tile_size)
+
+    @property
+    def strides(self) -> list[int]:
+        return [int(v) for v in self.layers.split("+")]
+
+    @property
+    def label(self) -> str:
+        tile = f", tiles {self.tile_size}px" if self.tile_size else ""
+        return f"strides {self.layers}, neighbourhood {self.neighbourhood}, normalise {self.normalize}{tile}"
+
+    def params(self, base: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "image_size": base["image_size"],
+            "seed": base["seed"],
+            "backbone": base["backbone"],
+            "batch_size": base["batch_size"],
+            "normalize": self.normalize,
+            "layers": self.layers,
+            "neighbourhood": self.neighbourhood,
+            "tile_size": self.tile_size,
+        }
+
+
+def candidate_grid(tile_size: int = 0) -> list[Candidate]:
+    """The candidates: normalisation x strides x neighbourhood, and the same with tiles if ``tile_size``."""
+    tiles = [0] + ([tile_size] if tile_size else [])
+    return [
+        Candidate(normalize, layers, nbh, tile)
+        for tile in tiles
+        for normalize in ("image", "none")
+        for layers in ("16+32", "8+16")
+        for nbh in (3, 5)
+    ]
+
+
+def validation_set(
+    images: Sequence[np.ndarray], per_family: int, rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[str], list[np.ndarray | None], list[int]]:
+    """The clean photos and ``per_family`` defects of each family on each: (images, family or "normal",
+    masks (None for clean), index of the clean photo each came from)."""
+    out, kinds, masks, source = [], [], [], []
+    for i, image in enumerate(images):
+        out.append(image)
+        kinds.append("normal")
+        masks.append(None)
+        source.append(i)
+    for family in FAMILIES:
+        for _ in range(per_family):
+            for i, image in enumerate(images):
+                made = make_defect(family, image, rng)
+                out.append(made.image)
+                kinds.append(family)
+                masks.append(made.mask)
+                source.append(i)
+    return out, kinds, masks, source
+
+
+def _auroc(neg: np.ndarray, pos: np.ndarray) -> float:
+    """P(pos > neg) + P(pos == neg) / 2, by ranks."""
+    both = np.concatenate([neg, pos])
+    ranks = _rankdata(both)
+    r_pos = ranks[len(neg) :].sum()
+    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(neg) * len(pos)))
+
+
+def _rankdata(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    sx = x[order]
+    # average ranks of ties
+    starts = np.r_[0, np.flatnonzero(np.diff(sx)) + 1]
+    ends = np.r_[starts[1:], len(x)]
+    avg = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(avg, ends - starts)
+    return ranks
+
+
+def selection_scores(
+    image_scores: np.ndarray,
+    mask_means: np.ndarray,
+    normal_pixels: np.ndarray,
+    kinds: np.ndarray,
+    normal_idx: np.ndarray,
+    defect_idx: np.ndarray,
+) -> dict[str, Any]:
+    """Label-free separation of one candidate on (a resample of) the validation set.
+
+    ``image_scores`` (V,) per validation photo; ``mask_means`` (V,) mean map value inside each
+    defect's mask (NaN for clean photos); ``normal_pixels`` sorted map values of the clean photos;
+    ``normal_idx`` / ``defect_idx`` the photos to use (indices into the validation set, repeats allowed).
+    Returns the per-family image AUROC and pixel score and the selection score (their mean over families).
+    """
+    neg = image_scores[normal_idx]
+    per_family = {}
+    for family in FAMILIES:
+        idx = defect_idx[kinds[defect_idx] == family]
+        if not len(idx):
+            continue
+        image = _auroc(neg, image_scores[idx])
+        pixel = float(np.mean(np.searchsorted(normal_pixels, mask_means[idx]) / len(normal_pixels)))
+        per_family[family] = (image, pixel)
+    image_mean = float(np.mean([v[0] for v in per_family.values()]))
+    pixel_mean = float(np.mean([v[1] for v in per_family.values()]))
+    return {"families": per_family, "image": image_mean, "pixel": pixel_mean, "score": (image_mean + pixel_mean) / 2}
+
+
+@register_method
+class Auto(Method):
+    name = "auto"
+    title = "Auto-configured PatchCore (recommended)"
+    summary = (
+        "Tries a small grid of PatchCore settings and keeps the one that best finds synthetic defects "
+        "pasted onto normal photos it kept aside; where none is clearly better, it combines the best few. "
+        "Uses normal photos only. The selection table is stored with the run."
+    )
+    augmentation_role = (
+        "Not used: the candidates use frozen ImageNet features, and the synthetic defects that judge "
+        "them (texture blends, spots, smudges, lines) are built in, so no candidate is judged on "
+        "defects it was trained to find."
+    )
+    params = [
+        Param("backbone", str, "efficientnet_lite0", "ImageNet network every candidate's features come from.",
+              choices=("efficientnet_lite0", "resnet18")),
+        Param("batch_size", int, 16, "Images per forward pass.", 1, 512),
+        Param("validation_share", float, 0.2, "Share of the normal photos kept aside to judge the candidates "
+              f"(at least {MIN_VALIDATION}, at most {MAX_VALIDATION}).", 0.05, 0.5),
+        Param("search_images", int, 120, "At most this many normal photos build each candidate's memory during "
+              "the search (the chosen one is then fitted on all).", 8, 100_000, log=True),
+        Param("confidence", float, 0.9, "Pick one candidate only if it beats every other in at least this share "
+              "of bootstrap resamples of the hold-out photos; otherwise combine.", 0.5, 1.0),
+        Param("max_members", int, 3, "Candidates combined at most when none is clearly best.", 1, 8),
+        Param("tiling", str, "auto", "auto: also try tiles at native resolution when the photos are at least "
+              f"{LARGE_PHOTO_SIDE}x image_size on their shorter side; off: never.", choices=("auto", "off")),
+    ]
+    @classmethod
+    def param_specs(cls) -> list[Param]:
+        return PatchCore.param_specs()[:2] + cls.params  # image_size (224) and seed, then ours
+
+    # -- fitting ---------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.members_: list[Method] = []
+        self.member_params_: list[dict[str, Any]] = []
+        self.calibration_ = torch.zeros(0, 2)
+        self.selection_: dict[str, Any] = {}
+
+    def _fit_images(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return list(images)
+
+    def _fit(self, images: list[np.ndarray], ctx: FitContext) -> None:
+        cfg = self.config_
+        started = time.monotonic()
+        n = len(images)
+        n_val = min(MAX_VALIDATION, max(MIN_VALIDATION, round(n * cfg["validation_share"])))
+        if n - n_val < 2:
+            # Too few photos to spare any: the most common choice, no search (and the table says so).
+            winner = Candidate("image", "16+32", 3)
+            self.selection_ = {
+                "decision": "default",
+                "reason": f"only {n} normal photos: too few to keep {MIN_VALIDATION} aside and still fit, "
+                "so a standard PatchCore setting is used without a search",
+                "candidates": [],
+            }
+            self._fit_members([winner], images, [], ctx)
+            self._finish(started, 0.0)
+            return
+        order = self.rng_.permutation(n)
+        val_images = [images[i] for i in order[:n_val]]
+        rest = [images[i] for i in order[n_val:]]
+        search_bank = [rest[i] for i in self.rng_.permutation(len(rest))[: cfg["search_images"]]]
+        tile = 0
+        shorter = np.median([min(im.shape[:2]) for im in images])
+        if cfg["tiling"] == "auto" and shorter >= LARGE_PHOTO_SIDE * cfg["image_size"]:
+            tile = cfg["image_size"]
+        grid = candidate_grid(tile)
+        per_family = max(1, math.ceil(MIN_DEFECTS_PER_FAMILY / n_val))
+        v_images, kinds, masks, source = validation_set(val_images, per_family, self.rng_)
+        rows = self._search(grid, search_bank, v_images, np.array(kinds), masks, np.array(source), ctx)
+        search_s = time.monotonic() - started
+        members, decision, reason = self._decide(grid, rows)
+        self.selection_ = {"decision": decision, "reason": reason, "candidates": rows,
+                           "n_validation": n_val, "n_search_bank": len(search_bank),
+                           "defects_per_family": per_family, "families": list(FAMILIES)}
+        ctx.report(step=len(grid), total_steps=len(grid), images=n, phase="search done", record=False,
+                   selection=self.selection_)
+        if decision == "pick":
+            self._fit_members(members, images, [], ctx)
+        else:
+            self._fit_members(members, rest, val_images, ctx)
+        self._finish(started, search_s)
+
+    def _finish(self, started: float, search_s: float) -> None:
+        self.selection_["search_seconds"] = round(search_s, 1)
+        self.selection_["total_seconds"] = round(time.monotonic() - started, 1)
+        self.selection_["members"] = [dict(p) for p in self.member_params_]
+
+    def _search(
+        self,
+        grid: list[Candidate],
+        bank_images: list[np.ndarray],
+        v_images: list[np.ndarray],
+        kinds: np.ndarray,
+        masks: list[np.ndarray | None],
+        source: np.ndarray,
+        ctx: FitContext,
+    ) -> list[dict[str, Any]]:
+        """Score every candidate on the validation set; one row per candidate, in grid order."""
+        cfg = self.config_
+        results: dict[Candidate, dict[str, Any]] = {}
+        views = list(dict.fromkeys(c.view for c in grid))
+        done = 0
+        for view in views:
+            members = [c for c in grid if c.view == view]
+            t_view = time.monotonic()
+            proto = self._prototype(members[0])
+            bank_feats = self._extract(proto, proto._fit_images(bank_images), ctx, f"search: features ({members[0].normalize})")
+            val_feats, val_boxes = self._extract_validation(proto, v_images, ctx)
+            view_s = time.monotonic() - t_view
+            for cand in members:
+                t0 = time.monotonic()
+                stats = self._judge(proto, cand, bank_feats, val_feats, val_boxes, v_images, kinds, masks, source)
+                stats["seconds"] = round(time.monotonic() - t0 + view_s / len(members), 1)
+                results[cand] = stats
+                done += 1
+                ctx.report(step=done, total_steps=len(grid), images=done, phase="search: judging candidates",
+                           record=False, selection={"candidates": [self._row(c, results[c]) for c in results]})
+            del bank_feats, val_feats
+        self._bootstrap(grid, results, kinds, source)
+        return [self._row(c, results[c]) for c in grid]
+
+    @staticmethod
+    def _row(cand: Candidate, stats: dict[str, Any]) -> dict[str, Any]:
+        row = {"candidate": cand.label, "normalize": cand.normalize, "layers": cand.layers,
+               "neighbourhood": cand.neighbourhood, "tile_size": cand.tile_size,
+               "score": round(stats["score"], 4), "image": round(stats["image"], 4), "pixel": round(stats["pixel"], 4),
+               "seconds": stats.get("seconds")}
+        for family, (image, pixel) in stats["families"].items():
+            row[f"{family} image"], row[f"{family} pixel"] = round(image, 4), round(pixel, 4)
+        if "win_share" in stats:
+            row["beats best"] = stats["win_share"]
+        return row
+
+    def _prototype(self, cand: Candidate) -> PatchCore:
+        """A PatchCore set up (not fitted) to extract this candidate's view at every search stride."""
+        proto = PatchCore(**{**cand.params(self.config_), "layers": SEARCH_STRIDES})
+        proto.config_ = proto.get_params()
+        proto.device_ = self.device_
+        proto.rng_ = self.rng_
+        proto.augmentations_ = []
+        proto._build()
+        return proto
+
+    def _extract(self, proto: PatchCore, images: list[np.ndarray], ctx: FitContext, phase: str) -> list[dict]:
+        """Per image, {stride: (1, C, h, w)} features (CPU)."""
+        feats: list[dict] = [None] * len(images)  # type: ignore[list-item]
+        total = math.ceil(len(images) / proto.config_["batch_size"])
+        with torch.inference_mode():
+            for step, (idx, x) in enumerate(proto._shaped_batches(images, proto.config_["batch_size"]), 1):
+                out = proto._features(x)
+                for j, i in enumerate(idx):
+                    feats[i] = {s: f[j : j + 1] for s, f in out.items()}
+                ctx.report(step=step, total_steps=total, images=step, phase=phase, record=False)
+        return feats
+
+    def _extract_validation(self, proto: PatchCore, v_images: list[np.ndarray], ctx: FitContext):
+        """Features of the validation photos (or of their tiles) and, with tiles, each photo's boxes."""
+        tile = proto.config_["tile_size"]
+        if not tile:
+            return self._extract(proto, v_images, ctx, "search: validation features"), None
+        from adcore.tiling import cut_tiles, tile_boxes
+
+        boxes = [tile_boxes(*im.shape[:2], tile, 0.25) for im in v_images]
+        tiles = [t for im, b in zip(v_images, boxes) for t in cut_tiles(im, b)]
+        return self._extract(proto, tiles, ctx, "search: validation features (tiles)"), boxes
+
+    def _judge(self, proto, cand, bank_feats, val_feats, val_boxes, v_images, kinds, masks, source) -> dict:
+        bank = self._candidate_bank(cand, bank_feats)
+        image_maps = self._candidate_maps(proto, cand, bank, val_feats, val_boxes, v_images)
+        image_scores = np.array([m.max() for m in image_maps])
+        normal_pixels = np.sort(np.concatenate([m.ravel() for m, k in zip(image_maps, kinds) if k == "normal"]))
+        mask_means = np.array([m[mask].mean() if mask is not None and mask.any() else np.nan
+                               for m, mask in zip(image_maps, masks)])
+        normal_idx = np.flatnonzero(kinds == "normal")
+        defect_idx = np.flatnonzero(kinds != "normal")
+        stats = selection_scores(image_scores, mask_means, normal_pixels, kinds, normal_idx, defect_idx)
+        stats["_arrays"] = (image_scores, mask_means, normal_pixels)
+        return stats
+
+    @staticmethod
+    def _embed(cand: Candidate, features: dict) -> torch.Tensor:
+        return patch_embedding({s: features[s] for s in cand.strides}, None, cand.neighbourhood)
+
+    def _candidate_bank(self, cand: Candidate, bank_feats: list[dict]) -> torch.Tensor:
+        """The candidate's search memory: a coreset of a random subset of the bank photos' patches."""
+        with torch.inference_mode():
+            parts = []
+            for f in bank_feats:
+                e = self._embed(cand, f)
+                parts.append(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]))
+            patches = torch.cat(parts)
+            gen = torch.Generator().manual_seed(self.config_["seed"])
+            if len(patches) > SEARCH_CANDIDATE_PATCHES:
+                patches = patches[torch.randperm(len(patches), generator=gen)[:SEARCH_CANDIDATE_PATCHES]]
+            n_keep = min(SEARCH_BANK, len(patches))
+            if n_keep >= len(patches):
+                return patches
+            return patches[greedy_coreset(patches, n_keep, seed=self.config_["seed"])]
+
+    def _candidate_maps(self, proto, cand, bank, feats, boxes, images) -> list[np.ndarray]:
+        """The candidate's smoothed maps of ``images`` (from their features) at each photo's size."""
+        maps = []
+        with torch.inference_mode():
+            for f in feats:
+                e = self._embed(cand, f)
+                d = knn_distance(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]), bank, 1)
+                maps.append(d.view(1, 1, *e.shape[-2:]))
+        return self._val_maps(proto, maps, feats, boxes, images)
+
+    def _val_maps(self, proto, maps, val_feats, val_boxes, v_images) -> list[np.ndarray]:
+        """Patch-distance maps -> smoothed maps at each validation photo's size (as PatchCore's)."""
+        sigma = proto.config_["map_sigma"]
+        out_tiles = []
+        sizes = []
+        for img_i, im in enumerate(v_images):
+            if val_boxes is None:
+                sizes.append([proto._input_shape(*im.shape[:2])])
+            else:
+                sizes.append([proto._input_shape(b[2] - b[0], b[3] - b[1]) for b in val_boxes[img_i]])
+        flat_sizes = [s for group in sizes for s in group]
+        for m, (h, w) in zip(maps, flat_sizes):
+            up = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+            out_tiles.append(gaussian_blur(up[:, 0], sigma)[0])
+        result, k = [], 0
+        for img_i, im in enumerate(v_images):
+            n_t = len(sizes[img_i])
+            parts = out_tiles[k : k + n_t]
+            k += n_t
+            if val_boxes is None:
+                result.append(_resize_map(parts[0], im.shape[:2]))
+            else:
+                from adcore.tiling import stitch
+
+                boxes = val_boxes[img_i]
+                tiles = [_resize_map(p, (b[2] - b[0], b[3] - b[1])) for p, b in zip(parts, boxes)]
+                result.append(stitch(tiles, boxes, im.shape[:2]))
+        return result
+
+    def _bootstrap(self, grid, results, kinds, source) -> None:
+        """Paired bootstrap over the clean hold-out photos (each with the defects made from it): for
+        each candidate, the share of resamples in which it scores at least as high as the best one."""
+        rng = np.random.default_rng(self.config_["seed"] + 7)
+        n_src = int(source.max()) + 1
+        best = max(grid, key=lambda c: results[c]["score"])
+        wins = {c: 0 for c in grid}
+        by_source = [np.flatnonzero(source == s) for s in range(n_src)]
+        for _ in range(BOOTSTRAP):
+            pick = rng.integers(0, n_src, n_src)
+            idx = np.concatenate([by_source[s] for s in pick])
+            normal_idx, defect_idx = idx[kinds[idx] == "normal"], idx[kinds[idx] != "normal"]
+            values = {}
+            for c in grid:
+                image_scores, mask_means, normal_pixels = results[c]["_arrays"]
+                values[c] = selection_scores(image_scores, mask_means, normal_pixels, kinds, normal_idx, defect_idx)["score"]
+            for c in grid:
+                wins[c] += values[c] >= values[best]
+        for c in grid:
+            results[c]["win_share"] = round(wins[c] / BOOTSTRAP, 3) if c != best else None
+            results[c].pop("_arrays")
+
+    def _decide(self, grid: list[Candidate], rows: list[dict]) -> tuple[list[Candidate], str, str]:
+        cfg = self.config_
+        order = sorted(range(len(grid)), key=lambda i: -rows[i]["score"])
+        best = order[0]
+        if all(r["score"] >= SATURATED for r in rows):
+            members = [grid[i] for i in order[: cfg["max_members"]]]
+            return members, "combine", (
+                f"every candidate separates the synthetic defects almost perfectly (selection score >= {SATURATED}), "
+                f"so the score cannot tell them apart: the top {len(members)} are combined"
+            )
+        close = [i for i in order[1:] if rows[i]["beats best"] > 1 - cfg["confidence"]]
+        if not close:
+            return [grid[best]], "pick", (
+                f"{rows[best]['candidate']} beats every other candidate in at least {cfg['confidence']:.0%} of "
+                f"{BOOTSTRAP} bootstrap resamples of the hold-out photos"
+            )
+        members = [grid[best]] + [grid[i] for i in close][: cfg["max_members"] - 1]
+        return members, "combine", (
+            f"{len(close)} candidate(s) are within noise of the best ({rows[best]['candidate']}): each beats it in "
+            f"more than {1 - cfg['confidence']:.0%} of {BOOTSTRAP} bootstrap resamples of the hold-out photos, so "
+            f"the best {len(members)} are combined, each on the scale of the hold-out photos"
+        )
+
+    def _fit_members(self, members: list[Candidate], fit_images, calibration_images, ctx: FitContext) -> None:
+        self.member_params_ = [c.params(self.config_) for c in members]
+        self.members_ = []
+        for k, params in enumerate(self.member_params_):
+            member = _patchcore(params)
+
+            def relay(event: dict, k=k) -> None:
+                if ctx.on_progress is not None:
+                    ctx.on_progress({**event, "phase": f"final fit {k + 1}/{len(members)}: {event.get('phase', '')}"})
+
+            sub = FitContext(device=self.device_, augmentations=[], on_progress=relay, stop_event=ctx.stop_event,
+                             history=ctx.history, started=ctx.started, budget_s=ctx.budget_s)
+            member.fit(fit_images, sub)
+            ctx.stopped_by_budget |= sub.stopped_by_budget
+            self.members_.append(member)
+        calibration = torch.tensor([[0.0, 1.0]] * len(self.members_))
+        if calibration_images and len(self.members_) > 1:
+            for k, member in enumerate(self.members_):
+                values = np.concatenate([m.ravel() for m in member.predict(calibration_images).anomaly_maps])
+                calibration[k] = torch.tensor([values.mean(), max(values.std(), 1e-6)])
+        self.calibration_ = calibration
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def predict(self, images: Sequence[np.ndarray], batch_size: int = 32) -> Prediction:
+        self._check_fitted()
+        if len(self.members_) == 1:
+            return self.members_[0].predict(images, batch_size)
+        parts = [m.predict(images, batch_size) for m in self.members_]
+        maps = []
+        for i in range(len(images)):
+            combined = [(p.anomaly_maps[i] - float(c[0])) / float(c[1]) for p, c in zip(parts, self.calibration_)]
+            maps.append(np.mean(combined, 0).astype(np.float32))
+        return Prediction(
+            scores=np.array([float(m.max()) for m in maps]),
+            embeddings=np.concatenate([p.embeddings for p in parts], 1) if parts[0].embeddings is not None else None,
+            anomaly_maps=maps,
+        )
+
+    # -- persistence -----------------------------------------------------------------------------
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        state = {"calibration": self.calibration_.float()}
+        doc = json.dumps({"members": self.member_params_, "selection": self.selection_})
+        state["selection_json"] = torch.frombuffer(bytearray(doc.encode()), dtype=torch.uint8).clone()
+        for k, member in enumerate(self.members_):
+            state.update({f"member{k}.{key}": v for key, v in member.state_dict().items()})
+        return state
+
+    def _load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        doc = json.loads(bytes(state["selection_json"].cpu().numpy().tobytes()).decode())
+        self.member_params_, self.selection_ = doc["members"], doc["selection"]
+        self.members_ = []
+        for k, params in enumerate(self.member_params_):
+            prefix = f"member{k}."
+            sub = {key[len(prefix):]: v for key, v in state.items() if key.startswith(prefix)}
+            self.members_.append(_patchcore(params).load_state_dict(sub, self.device_))
+        self.calibration_ = state["calibration"].float().cpu()
+
+    def run_details(self) -> dict[str, Any]:
+        return {"selection": self.selection_}
+
+
+def _patchcore(params: dict[str, Any]) -> PatchCore:
+    member = PatchCore(**params)
+    member.get_params()  # bad parameters fail here, before any work
+    return member
+
+
+def _resize_map(m: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    if tuple(m.shape) == tuple(shape):
+        return m.float().cpu().numpy()
+    up = F.interpolate(m[None, None].float(), size=shape, mode="bilinear", align_corners=False)
+    return up[0, 0].cpu().numpy()

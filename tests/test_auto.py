@@ -1,0 +1,167 @@
+"""The self-configuring method: its search on normal photos alone, the decision it takes, the
+combination of candidates, save/load, cancel, and that test labels can never change its choice."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from adcore.methods import Cancelled, FitContext, build_method
+from adcore.methods.auto import BOOTSTRAP, Auto, candidate_grid, selection_scores
+from tests.helpers import make_tiny_mvtec, textured
+
+CPU = torch.device("cpu")
+TINY = {"image_size": 64, "batch_size": 8, "search_images": 12}
+
+
+@pytest.fixture(scope="module")
+def normal_images():
+    rng = np.random.default_rng(0)
+    return [textured(rng, 64) for _ in range(24)]
+
+
+@pytest.fixture(scope="module")
+def fitted(normal_images):
+    events = []
+    method = build_method("auto", **TINY).fit(normal_images, FitContext(device=CPU, on_progress=events.append))
+    return method, events
+
+
+def test_the_selection_table_judges_every_candidate(fitted):
+    method, events = fitted
+    table = method.run_details()["selection"]
+    grid = candidate_grid()
+    assert [row["candidate"] for row in table["candidates"]] == [c.label for c in grid]
+    for row in table["candidates"]:
+        for key in ("score", "image", "pixel"):
+            assert 0.0 <= row[key] <= 1.0
+        assert row["score"] == pytest.approx((row["image"] + row["pixel"]) / 2, abs=1e-3)
+        assert {f"{f} image" for f in table["families"]} <= set(row)
+    assert table["decision"] in ("pick", "combine") and table["reason"]
+    assert table["n_validation"] == 6 and table["defects_per_family"] == 4
+    # The page sees the table grow while the search runs.
+    live = [e["selection"]["candidates"] for e in events if "selection" in e and "decision" not in e["selection"]]
+    assert [len(rows) for rows in live] == list(range(1, len(grid) + 1))
+
+
+def test_the_decision_follows_the_table(fitted):
+    method, _ = fitted
+    table = method.selection_
+    best = max(table["candidates"], key=lambda r: r["score"])
+    chosen = table["members"][0]
+    assert (chosen["layers"], chosen["neighbourhood"], chosen["normalize"]) == (
+        best["layers"], best["neighbourhood"], best["normalize"])
+    close = [r for r in table["candidates"] if r is not best and r["beats best"] > 0.1]
+    if table["decision"] == "pick":
+        assert not close and len(method.members_) == 1
+    else:
+        assert 1 < len(method.members_) <= 3
+
+
+def test_combining_averages_the_calibrated_member_maps(normal_images):
+    # confidence 1.0: any candidate that ever matches the best in a resample is "within noise".
+    method = build_method("auto", **TINY, confidence=1.0).fit(normal_images, FitContext(device=CPU))
+    assert method.selection_["decision"] == "combine" and len(method.members_) > 1
+    probe = [textured(np.random.default_rng(9), 64)]
+    probe[0][20:30, 20:30] = 250
+    pred = method.predict(probe)
+    parts = [m.predict(probe).anomaly_maps[0] for m in method.members_]
+    expected = np.mean([(p - float(c[0])) / float(c[1]) for p, c in zip(parts, method.calibration_)], 0)
+    assert np.allclose(pred.anomaly_maps[0], expected, atol=1e-5)
+    assert pred.scores[0] == pytest.approx(float(expected.max()), rel=1e-5)
+    # Calibrated on the kept-aside photos: their maps have mean 0 and spread 1 for every member.
+    assert method.calibration_[:, 1].min() > 0
+
+
+def test_save_and_load_give_identical_scores(fitted, normal_images):
+    method, _ = fitted
+    probe = normal_images[:3]
+    state = method.state_dict()
+    loaded = build_method("auto", **TINY).load_state_dict(state, CPU)
+    a, b = method.predict(probe), loaded.predict(probe)
+    assert np.array_equal(a.scores, b.scores)
+    assert all(np.array_equal(x, y) for x, y in zip(a.anomaly_maps, b.anomaly_maps))
+    assert loaded.selection_ == json.loads(json.dumps(method.selection_))
+
+
+def test_a_pasted_square_lights_up_the_map(fitted):
+    method, _ = fitted
+    rng = np.random.default_rng(4)
+    clean = [textured(rng, 64) for _ in range(4)]
+    defect = textured(rng, 64)
+    defect[30:40, 14:24] = 250
+    pred = method.predict(clean + [defect])
+    assert pred.scores[-1] > pred.scores[:-1].max()
+    y, x = np.unravel_index(int(np.argmax(pred.anomaly_maps[-1])), (64, 64))
+    assert 26 <= y < 44 and 10 <= x < 28
+
+
+def test_too_few_photos_use_a_standard_setting_and_say_so():
+    rng = np.random.default_rng(1)
+    method = build_method("auto", **TINY).fit([textured(rng, 64) for _ in range(6)], FitContext(device=CPU))
+    assert method.selection_["decision"] == "default"
+    assert "too few" in method.selection_["reason"] and method.selection_["candidates"] == []
+
+
+def test_cancel_stops_the_search(normal_images):
+    stop = threading.Event()
+
+    def on_progress(event):
+        if event["phase"].startswith("search: judging"):
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        build_method("auto", **TINY).fit(normal_images, FitContext(device=CPU, on_progress=on_progress, stop_event=stop))
+
+
+def test_selection_scores_by_hand():
+    # Two clean photos and two spot defects: image AUROC 1 (both defects above both clean photos);
+    # pixel: one defect's mean lies above 3 of the 4 clean pixels, the other above all of them.
+    scores = np.array([0.1, 0.2, 0.5, 0.6])
+    means = np.array([np.nan, np.nan, 0.35, 0.9])
+    pixels = np.sort(np.array([0.1, 0.2, 0.3, 0.4]))
+    kinds = np.array(["normal", "normal", "spot", "spot"])
+    out = selection_scores(scores, means, pixels, kinds, np.array([0, 1]), np.array([2, 3]))
+    assert out["families"]["spot"] == (1.0, pytest.approx((3 / 4 + 1) / 2))
+    assert out["score"] == pytest.approx((1.0 + 7 / 8) / 2)
+    assert BOOTSTRAP >= 100
+
+
+@pytest.mark.slow
+def test_poisoned_test_labels_do_not_change_the_choice(tmp_path):
+    """The selection reads normal training photos only: scrambling every test label and mask
+    leaves the selection table, and the scores of the training photos, exactly as they were."""
+    from adcore.runs import load_run
+    from adcore.training import TrainSpec, train_run
+
+    clean = make_tiny_mvtec(tmp_path / "clean", n_train=24, n_test_good=4, n_defect=4, size=64)
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(clean, poisoned)
+    # Every good test photo becomes a "defect" with a full mask, every defect photo "good".
+    (poisoned / "test" / "good").rename(poisoned / "test" / "tmp")
+    (poisoned / "test" / "spot").rename(poisoned / "test" / "good")
+    (poisoned / "test" / "tmp").rename(poisoned / "test" / "spot")
+    shutil.rmtree(poisoned / "ground_truth" / "spot")
+    (poisoned / "ground_truth" / "spot").mkdir()
+    from PIL import Image
+
+    for f in (poisoned / "test" / "spot").iterdir():
+        Image.fromarray(np.full((64, 64), 255, np.uint8)).save(poisoned / "ground_truth" / "spot" / f"{f.stem}_mask.png")
+    runs = []
+    for data in (clean, poisoned):
+        spec = TrainSpec(data=str(data), method="auto", params=dict(TINY), device="cpu")
+        runs.append(load_run(train_run(spec, tmp_path / "runs")))
+    a, b = (r.config["selection"] for r in runs)
+    for key in ("search_seconds", "total_seconds"):
+        a.pop(key), b.pop(key)
+    for rows in (a["candidates"], b["candidates"]):
+        for row in rows:
+            row.pop("seconds")
+    assert a == b
+    fit_a, fit_b = (r.results["score"][r.results["role"] == "fit"] for r in runs)
+    assert np.array_equal(fit_a, fit_b)
