@@ -30,6 +30,7 @@ class Entry:
     train_s: float | None = None
     score_s: float | None = None
     uses_augmentations: bool = True
+    reconstructs: bool = False  # predicts rebuilt images (Inspect offers to show them)
 
 
 CATALOG: dict[str, Entry] = {
@@ -54,9 +55,16 @@ CATALOG: dict[str, Entry] = {
     "contrastive": Entry(
         "Self-supervised from scratch", "whole-photo differences when many normal photos vary; no map", 0.03, 0.005
     ),
-    "autoencoder": Entry("Reconstruction", "simple, evenly lit parts; a baseline that is easy to explain", 0.01, 0.004),
-    "memae": Entry("Reconstruction", "like the autoencoder, where it rebuilds defects too well", 0.015, 0.005),
-    "ognet": Entry("Reconstruction", "like the autoencoder, when its scores of normal photos spread widely", 0.02, 0.006),
+    "autoencoder": Entry(
+        "Reconstruction", "simple, evenly lit parts; a baseline that is easy to explain", 0.01, 0.004, reconstructs=True
+    ),
+    "memae": Entry(
+        "Reconstruction", "parts where the plain autoencoder rebuilds the defects too", 0.015, 0.005, reconstructs=True
+    ),
+    "ognet": Entry(
+        "Reconstruction", "parts where the plain autoencoder's normal scores spread widely", 0.02, 0.006,
+        reconstructs=True,
+    ),
 }
 
 

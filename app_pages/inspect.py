@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from adcore import viz
+from adcore import catalog, viz
 from adcore.data import ImageError, load_image, load_mask
 from adcore.export import LoadedModel, load_model_bytes, map_display_range
 from adcore.methods import Method, get_method_class
@@ -230,6 +230,8 @@ def show_row(run: Run, ctx: viz.ScoreContext, row: int, controls: dict[str, Any]
             mask = None
 
     def reconstruction() -> np.ndarray | None:
+        if not catalog.entry(run.method_name).reconstructs:
+            return None  # nothing to switch on: the method does not rebuild images
         on = common.remembered(
             st.toggle, "Reconstruction", key="inspect.reconstruct", value=False,
             help="Loads the model and runs it on this one image (cached) to show what it rebuilds; the "
@@ -316,7 +318,17 @@ def score_new_image(run: Run, ctx: viz.ScoreContext, controls: dict[str, Any], t
     if model is None:
         out = predict_one(str(run.path), common.run_version(run), key, image)
         decision_metrics(out["score"], threshold, ctx.scores[ctx.reference_rows])
-        show_views(image, out["map"], None, controls, lambda: out["reconstruction"])
+        # The decision is the image score's. The region is drawn at the run's own pixel threshold (the
+        # hottest hold-out normal pixel), not at the slider above, which is for browsing the run's images.
+        display = controls["display"]
+        own = {**controls, "pixel": None if display is None else display["high"]}
+        show_views(image, out["map"], None, own, lambda: out["reconstruction"])
+        if display is not None:
+            st.caption(
+                f"The decision comes from the image score alone. The cyan region marks the pixels at or above "
+                f"{display['high']:.3g}, the hottest pixel of any hold-out normal image; the pixel slider above "
+                "applies to the run's own images only."
+            )
         return
     digest, loaded = model
     out = predict_with_file(digest, key, loaded, image)

@@ -70,3 +70,11 @@ def test_estimate_uses_the_rate_measured_by_earlier_runs_and_the_budget():
 )
 def test_format_estimate(seconds, text):
     assert catalog.format_estimate(seconds) == text
+
+
+def test_the_methods_said_to_rebuild_images_are_the_autoencoder_family():
+    from adcore.methods import get_method_class
+    from adcore.methods.autoencoder import Autoencoder
+
+    for name in METHODS.names():
+        assert catalog.entry(name).reconstructs == issubclass(get_method_class(name), Autoencoder), name

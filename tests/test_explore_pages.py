@@ -222,6 +222,25 @@ def test_inspect_browses_reconstructs_and_scores_a_new_image(runs):
     assert len([m for m in at.metric if m.label == "Anomaly score"]) == 2
     decisions = [m.value for m in at.metric if m.label == "Decision"]
     assert decisions[-1] in ("Flagged as anomalous", "Passed as normal")
+    # The pixel slider is for browsing the run's images: moving it does not change the new image's region.
+    region = [c for c in captions(at).split(" | ") if c.startswith("Predicted defect region")][-1]
+    slider = at.slider(key=f"inspect.{runs['labelled']}.pixel")
+    rerun(slider.set_value(slider.min))
+    assert [c for c in captions(at).split(" | ") if c.startswith("Predicted defect region")][-1] == region
+    assert "The decision comes from the image score alone" in texts(at)
+
+
+def test_inspect_offers_no_reconstruction_for_a_method_that_does_not_rebuild(runs, tmp_path, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "runs" / runs["labelled"]
+    shutil.copytree(runs["root"] / runs["labelled"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "method": "patchcore"}))
+    monkeypatch.setenv("ADCORE_RUNS_DIR", str(tmp_path / "runs"))
+    at = open_page("app_pages/inspect.py", runs["labelled"])
+    assert not [t for t in at.toggle if t.key == "inspect.reconstruct"]
+    assert at.get("image"), "the photo and its heat map are still shown"
 
 
 def test_inspect_opens_on_an_image_picked_elsewhere(runs):
