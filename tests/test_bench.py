@@ -13,7 +13,7 @@ from adcore.cli import main
 from tests.helpers import make_tiny_mvtec
 
 KEYS = {
-    "method", "scorer", "image_auroc", "image_aupr", "image_f1_max", "pixel_auroc", "train_seconds",
+    "method", "scorer", "image_auroc", "image_aupr", "image_f1_max", "pixel_auroc", "pixel_pro", "hit_rate", "train_seconds",
     "images_per_second", "peak_memory_mb", "device", "image_size", "resnet18_ratio",
 }
 
@@ -50,9 +50,11 @@ def test_bench_writes_one_row_per_method_and_scorer(tmp_path, capsys):
         assert r["peak_memory_mb"] > 0 and r["train_seconds"] >= 0
         # Only the method's own score comes with maps.
         assert (r["pixel_auroc"] is not None) == (r["method"] == "patchcore" and r["scorer"] == "own")
+        assert (r["pixel_pro"] is not None) == (r["hit_rate"] is not None) == (r["pixel_auroc"] is not None)
+    assert 0 <= rows[0]["pixel_pro"] <= 1 and rows[0]["hit_rate"] in (0, 1 / 3, 2 / 3, 1)
     assert rows[0]["params"]["coreset_ratio"] == 0.5 and rows[3]["params"]["layers"] == "8+16"
     printed = capsys.readouterr().out
-    assert "pix AUROC" in printed and "x RN18" in printed and f"results -> {out}" in printed
+    assert "pix AUROC" in printed and "PRO 30%" in printed and "hit rate" in printed and "x RN18" in printed and f"results -> {out}" in printed
 
 
 def test_bench_explicit_scorers_and_methods_without_embeddings(tmp_path, capsys):

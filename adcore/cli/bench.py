@@ -305,11 +305,13 @@ def measure_method(
 def score_metrics(scores: np.ndarray, maps: list[np.ndarray] | None, data: BenchData) -> dict[str, float | None]:
     """The accuracy figures of one way of scoring the test images: image metrics from ``scores``,
     pixel metrics from the anomaly ``maps`` (HxW float per test image; None: the scorer has none)."""
-    from adcore.scoring import image_metrics, pixel_auroc
+    from adcore.scoring import hit_rate, image_metrics, pixel_auroc, pixel_pro
 
     return {
         **image_metrics(scores, data.is_anomaly),
         "pixel_auroc": pixel_auroc(maps, data.masks) if maps is not None else None,
+        "pixel_pro": pixel_pro(maps, data.masks) if maps is not None else None,
+        "hit_rate": hit_rate(maps, data.masks) if maps is not None else None,
     }
 
 
@@ -399,7 +401,8 @@ def _peak_memory_mb(device) -> float:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The results as a fixed-width text table; a failed method's row gives its message instead."""
-    header = ("method", "scorer", "img AUROC", "img AUPR", "F1 max", "pix AUROC", "train s", "img/s", "x RN18", "peak MB")
+    header = ("method", "scorer", "img AUROC", "img AUPR", "F1 max", "pix AUROC", "PRO 30%", "hit rate", "train s",
+              "img/s", "x RN18", "peak MB")
 
     def fmt(value: Any, digits: int = 4) -> str:
         return "n/a" if value is None else f"{value:.{digits}f}"
@@ -413,6 +416,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             fmt(r["image_aupr"]),
             fmt(r["image_f1_max"]),
             fmt(r["pixel_auroc"]),
+            fmt(r.get("pixel_pro")),
+            fmt(r.get("hit_rate"), 3),
             fmt(r["train_seconds"], 1),
             fmt(r["images_per_second"], 1),
             fmt(r["resnet18_ratio"], 3),
