@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import os
 import shutil
 import tempfile
@@ -255,12 +256,15 @@ def score_to_csv(
     maps_dir: Path | str | None = None,
     map_overlay: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    summary: ScoreSummary | None = None,
 ) -> ScoreSummary:
     """Score every image of ``listing`` with ``model`` in batches and write one CSV row per image.
 
     Columns: ``path`` (relative to the scored folder), ``score`` (full precision), ``decision``
     (``anomalous``/``normal`` at the model's threshold), plus ``split`` and ``label`` in an MVTec
-    layout. The CSV is written to a ``.part`` file renamed at the end. With ``maps_dir``, a heat-map
+    layout. Rows are written batch by batch to ``<out>.part`` (``partial_path``), which becomes
+    ``out`` at the end; if scoring is interrupted or fails, the ``.part`` file keeps every row scored
+    so far (``summary``, when given, is filled in as it goes, to say how many). With ``maps_dir``, a heat-map
     PNG of each image's size goes to the same relative path with ``.png`` (the model's fixed colour
     range, blended over the image unless ``map_overlay`` is False), where the method produces maps.
     ``on_batch(n_files)`` is called after each batch, for a progress bar.
@@ -270,40 +274,48 @@ def score_to_csv(
     maps_dir = Path(maps_dir).resolve() if maps_dir is not None else None
     if maps_dir is not None and maps_dir.is_relative_to(listing.folder):
         raise ValueError(f"the heat-map folder {maps_dir} must be outside the scored folder {listing.folder}")
-    summary = ScoreSummary(skipped=list(listing.skipped))
+    summary = summary if summary is not None else ScoreSummary()
+    summary.skipped = list(listing.skipped)
     mvtec = listing.layout == "mvtec"
     map_range = model.map_display
     low, high = (map_range["low"], map_range["high"]) if map_range else (None, None)
-    tmp = out.with_name(out.name + ".part")
-    try:
-        with tmp.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path", "score", "decision"] + (["split", "label"] if mvtec else []))
-            for batch in decoded_batches(listing, batch_size):
-                summary.skipped += batch.failed
-                if batch.images:
-                    prediction = model.predict(batch.images, batch_size=batch_size)
-                    decisions = model.decide(prediction.scores)
-                    for entry, score, bad in zip(batch.entries, prediction.scores, decisions):
-                        row = [entry.rel_path, repr(float(score)), "anomalous" if bad else "normal"]
-                        writer.writerow(row + ([entry.split, entry.label] if mvtec else []))
-                    summary.scored += len(batch.entries)
-                    summary.anomalous += int(decisions.sum())
-                    summary.has_maps = prediction.anomaly_maps is not None
-                    if maps_dir is not None and prediction.anomaly_maps is not None:
-                        for entry, image, amap in zip(batch.entries, batch.images, prediction.anomaly_maps):
-                            target = _map_path(maps_dir, entry)
-                            rgb = heatmap_rgb(amap, low, high, image if map_overlay else None)
-                            Image.fromarray(rgb).save(target)
-                            summary.maps_written += 1
-                    fh.flush()
-                if on_batch is not None:
-                    on_batch(batch.n_files)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    tmp = partial_path(out)
+    with tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "score", "decision"] + (["split", "label"] if mvtec else []))
+        for batch in decoded_batches(listing, batch_size):
+            summary.skipped += batch.failed
+            if batch.images:
+                prediction = model.predict(batch.images, batch_size=batch_size)
+                decisions = model.decide(prediction.scores)
+                rows = io.StringIO()  # a batch's rows reach the file in one write: whole rows only
+                batch_writer = csv.writer(rows)
+                for entry, score, bad in zip(batch.entries, prediction.scores, decisions):
+                    row = [entry.rel_path, repr(float(score)), "anomalous" if bad else "normal"]
+                    batch_writer.writerow(row + ([entry.split, entry.label] if mvtec else []))
+                fh.write(rows.getvalue())
+                fh.flush()  # an interrupted run keeps every batch scored so far
+                summary.scored += len(batch.entries)
+                summary.anomalous += int(decisions.sum())
+                summary.has_maps = prediction.anomaly_maps is not None
+                if maps_dir is not None and prediction.anomaly_maps is not None:
+                    for entry, image, amap in zip(batch.entries, batch.images, prediction.anomaly_maps):
+                        target = _map_path(maps_dir, entry)
+                        rgb = heatmap_rgb(amap, low, high, image if map_overlay else None)
+                        Image.fromarray(rgb).save(target)
+                        summary.maps_written += 1
+            if on_batch is not None:
+                on_batch(batch.n_files)
+        os.fsync(fh.fileno())
+    tmp.replace(out)
     summary.skipped.sort(key=lambda s: s.rel_path)
     return summary
+
+
+def partial_path(out: Path | str) -> Path:
+    """Where ``score_to_csv`` keeps the rows of an unfinished run: ``<out>.part``."""
+    out = Path(out)
+    return out.with_name(out.name + ".part")
 
 
 def _map_path(maps_dir: Path, entry: ImageEntry) -> Path:

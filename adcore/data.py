@@ -658,6 +658,10 @@ def save_uploads(files: Iterable[tuple[str, bytes]], dest: Path) -> ImageSet:
             continue
         try:
             target = _unused_path(dest / safe)
+            # Defence in depth, as for zips: a link inside dest must not lead the write outside.
+            if not target.resolve().is_relative_to(dest.resolve()):
+                skipped.append(SkippedFile(safe, "unsafe file name"))
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(target, "xb") as out:
                 out.write(data)
@@ -666,6 +670,35 @@ def save_uploads(files: Iterable[tuple[str, bytes]], dest: Path) -> ImageSet:
     image_set = open_image_set(dest)
     image_set.skipped = _sorted_skipped(skipped + image_set.skipped)
     return image_set
+
+
+# --- which server folders a visitor may open --------------------------------------------------
+
+DATA_ROOTS_ENV = "ADCORE_DATA_ROOTS"
+
+
+def allowed_data_roots(defaults: Iterable[Path | str]) -> list[Path]:
+    """The folders under which a path typed by a visitor may be opened: those in
+    ``$ADCORE_DATA_ROOTS`` (separated by ``os.pathsep``) if it is set, else ``defaults``; each with
+    ``~``, ``..`` and symlinks resolved."""
+    configured = os.environ.get(DATA_ROOTS_ENV)
+    roots = [r for r in configured.split(os.pathsep) if r.strip()] if configured is not None else list(defaults)
+    return list(dict.fromkeys(Path(r).expanduser().resolve() for r in roots))
+
+
+def allowed_path(path: Path | str, roots: Iterable[Path]) -> Path:
+    """``path`` with ``~``, ``..`` and symlinks resolved, if it is one of ``roots`` or lies below one
+    of them; else a ValueError that names the allowed folders (and says nothing about ``path``'s
+    contents, not even whether it exists)."""
+    roots = [Path(r).expanduser().resolve() for r in roots]
+    resolved = Path(path).expanduser().resolve()
+    if any(resolved.is_relative_to(root) for root in roots):
+        return resolved
+    allowed = ", ".join(str(r) for r in roots) or "none"
+    raise ValueError(
+        f"{path} is outside the folders this server opens ({allowed}); the server's administrator "
+        f"can allow more with the {DATA_ROOTS_ENV} environment variable"
+    )
 
 
 def _safe_upload_name(name: str) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adcore.data import ImageSet
+from adcore.files import describe_os_error
 from adcore.methods import Cancelled
 from adcore.training import TrainSpec, train_run
 
@@ -108,6 +109,9 @@ class Job:
 def describe_error(exc: BaseException) -> str:
     """The message a user sees; out-of-memory errors say what to change."""
     text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+        text = describe_os_error(exc)  # the machine (a full disk), not the method: say it plainly
+        return f"{text[:1].upper()}{text[1:]}."
     if "out of memory" in str(exc).lower():
         return (
             f"The GPU ran out of memory ({exc}). Try a smaller batch_size or image_size, "

@@ -14,14 +14,17 @@ import os
 import shutil
 import uuid
 import zipfile
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from adcore.files import write_atomic
 from adcore.methods import Method, build_saved_method
 
 FORMAT_VERSION = 1
@@ -58,8 +61,7 @@ class Run:
     @property
     def results(self) -> dict[str, np.ndarray]:
         if self._results is None:
-            with np.load(self.path / "results.npz", allow_pickle=False) as data:
-                self._results = {k: data[k] for k in data.files}
+            self._results = read_results(self.path)
         return self._results
 
     @property
@@ -111,33 +113,62 @@ def update_config(path: Path, **changes: Any) -> None:
     """Change keys of a run's config (e.g. its display name) by write-then-rename."""
     config = json.loads((path / "config.json").read_text())
     config.update(changes)
-    tmp = path / "config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2, default=_jsonable))
-    os.replace(tmp, path / "config.json")
+    write_atomic(path / "config.json", json.dumps(config, indent=2, default=_jsonable).encode("utf-8"))
 
 
 def load_run(path: Path | str) -> Run:
-    """Load a run folder; raises ValueError saying what is wrong with a broken one."""
+    """Load a run folder; raises ValueError saying what is wrong with a broken one.
+
+    Cheap checks only (no array is decompressed): the config's format, the files present, the
+    results' table of contents and the weights' header against the file's length."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no run folder at {path}")
+    try:
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else None
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"run {path.name} is unreadable: config.json: {exc}") from exc
+    version = config.get("format") if isinstance(config, dict) else None
+    if isinstance(version, int) and version > FORMAT_VERSION:  # its files may differ: check nothing else
+        raise ValueError(
+            f"run {path.name} was written by a newer adcore (run format {version}; this one reads "
+            f"{FORMAT_VERSION}): upgrade adcore to open it"
+        )
     missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
     if missing:
         raise ValueError(f"run {path.name} is incomplete: missing {', '.join(missing)}")
+    if not isinstance(config, dict):
+        raise ValueError(f"run {path.name} is unreadable: config.json is not a JSON object")
     try:
-        config = json.loads((path / "config.json").read_text())
         history = json.loads((path / "history.json").read_text())
         with np.load(path / "results.npz", allow_pickle=False) as data:
             if "score" not in data.files:  # reads the zip directory only, not the arrays
                 raise ValueError("results.npz has no scores")
+        with safe_open(str(path / "state.safetensors"), "pt"):
+            pass  # parses the header and checks that the file holds every tensor it lists
+    except SafetensorError as exc:
+        raise ValueError(f"run {path.name} is unreadable: state.safetensors is damaged or truncated ({exc})") from exc
     except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
         raise ValueError(f"run {path.name} is unreadable: {exc}") from exc
-    if config.get("format") != FORMAT_VERSION:
-        raise ValueError(f"run {path.name} has format {config.get('format')!r}, expected {FORMAT_VERSION}")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"run {path.name} has format {version!r}, expected {FORMAT_VERSION}")
     for key in ("method", "params"):
         if key not in config:
             raise ValueError(f"run {path.name} config has no {key!r}")
     return Run(path=path, config=config, history=history)
+
+
+def read_results(path: Path | str, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The arrays of a run's ``results.npz`` (but those named in ``skip``); ValueError if the run
+    folder is gone or the file is damaged (the quick checks of ``load_run`` do not read the arrays)."""
+    path = Path(path)
+    try:
+        with np.load(path / "results.npz", allow_pickle=False) as data:
+            return {k: data[k] for k in data.files if k not in skip}
+    except FileNotFoundError as exc:
+        raise ValueError(f"run {path.name} is gone: its folder was deleted or moved") from exc
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ValueError(f"run {path.name} is unreadable: results.npz is damaged ({exc})") from exc
 
 
 def list_runs(root: Path | str | None = None) -> tuple[list[Run], list[tuple[str, str]]]:

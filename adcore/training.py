@@ -99,6 +99,7 @@ def train_run(
 
     progress({"phase": "loading images", "step": 0, "total_steps": 0})
     image_set = image_set or open_image_set(spec.data)
+    _require_folder(image_set, "is gone (deleted or moved): open it again, or another set, and train again")
     skipped = [{"rel_path": s.rel_path, "reason": s.reason} for s in image_set.skipped]
     normal_records, normal_images = _load_all(image_set.normal_train, skipped)
     if len(normal_records) < 2:
@@ -128,6 +129,7 @@ def train_run(
     stopped_by_budget = ctx.stopped_by_budget
 
     # Score everything the run will be explored with: fit set, hold-out, test set, synthetic defects.
+    _require_folder(image_set, "was deleted or moved while the model trained; nothing was saved")
     test_records, test_images = _load_all(image_set.test, skipped)
     groups = [
         ("fit", [normal_records[i] for i in fit_idx], fit_images),
@@ -210,6 +212,13 @@ def train_run(
     return write_run(
         runs_root, new_run_id(spec.method), config=config, method=method, history=ctx.history, results=results
     )
+
+
+def _require_folder(image_set: ImageSet, what_happened: str) -> None:
+    """Fail with a message rather than train on, or score, a set whose folder has disappeared
+    (each of its images would otherwise just be skipped as unreadable)."""
+    if not Path(image_set.root).is_dir():
+        raise ValueError(f"The image set folder {image_set.root} {what_happened}.")
 
 
 def _predict_with_progress(method: Method, images: list[np.ndarray], ctx: FitContext, batch: int = 32):

@@ -49,8 +49,9 @@ with preview:
             st.caption("No augmentation chosen: training would see these images unchanged.")
         else:
             st.caption(
-                "Each pair: a training image and the same image after the chain. Pasted patches "
-                "(CutPaste, scar) are outlined in red."
+                "Each pair: a training image and the same image after the chain. The pasted patch "
+                "(CutPaste, CutPaste scar) is outlined in red; when the chain pastes more than once, the "
+                "earlier pastes are framed in yellow."
             )
         try:
             samples = viz.augmentation_samples(common.images_of(picked), chain, int(seed), display_size=256)

@@ -15,16 +15,25 @@ import streamlit as st
 
 from adcore import viz
 from adcore.augment import AUGMENTATIONS, get_augmentation
-from adcore.data import ImageRecord, ImageSet, SkippedFile, load_image, open_image_set, save_uploads
+from adcore.data import (
+    ImageRecord,
+    ImageSet,
+    SkippedFile,
+    allowed_data_roots,
+    load_image,
+    open_image_set,
+    save_uploads,
+)
 from adcore.jobs import JobManager
 from adcore.registry import Param
-from adcore.runs import Run, default_runs_dir, list_runs, load_run
+from adcore.runs import Run, default_runs_dir, list_runs, load_run, read_results
 from adcore.scoring import SCORERS, rescore_run
 from adcore.threshold import Threshold, same_scores, threshold_for
 
 APP_DIR = Path(__file__).resolve().parent.parent
 DEMO_DIR = APP_DIR / "sample_data"
-UPLOADS_DIR = APP_DIR / "data" / "uploads"  # git-ignored
+DATA_DIR = APP_DIR / "data"  # git-ignored
+UPLOADS_DIR = DATA_DIR / "uploads"
 SLIDER_MAX_INT_RANGE = 1000  # wider integer ranges (epochs, seeds) get a number box instead
 
 
@@ -52,13 +61,31 @@ def open_set(path: str) -> ImageSet:
 
 
 def current_image_set() -> ImageSet:
-    """The image set this session works on; app.py puts the demo set there at the start."""
-    return st.session_state["image_set"]
+    """The image set this session works on; app.py puts the demo set there at the start. If its
+    folder has gone (deleted or moved) since it was opened, the session is back on the demo set and
+    the page says so, rather than showing images that are no longer there."""
+    image_set = st.session_state["image_set"]
+    if Path(image_set.root).is_dir():
+        return image_set
+    st.warning(
+        f"The folder of the image set you were working on, {Path(image_set.root).name}, is gone (deleted "
+        "or moved), so you are back on the demo set. Upload or open your images again on the Data page.",
+        icon=":material/folder_off:",
+    )
+    demo = open_set(str(DEMO_DIR))
+    use_image_set(demo)
+    return demo
 
 
 def use_image_set(image_set: ImageSet) -> None:
     """Make ``image_set`` the one every page of this session works on."""
     st.session_state["image_set"] = image_set
+
+
+def data_roots() -> list[Path]:
+    """The folders a visitor may open by path ("Folder on the server"): ``$ADCORE_DATA_ROOTS``, else
+    the app's data folder and the demo set."""
+    return allowed_data_roots((DATA_DIR, DEMO_DIR))
 
 
 def is_demo(image_set: ImageSet) -> bool:
@@ -187,9 +214,12 @@ def runs_on_set(image_set: ImageSet) -> list[tuple[str, dict[str, Any]]]:
 # --- forms from registry parameter specs ------------------------------------------------------
 
 
+PROPER_NAMES = {"cutpaste": "CutPaste", "cutpaste_scar": "CutPaste scar"}  # as their paper spells them
+
+
 def label_of(name: str) -> str:
-    """``"random_resized_crop"`` -> ``"Random resized crop"``."""
-    return name.replace("_", " ").capitalize()
+    """``"random_resized_crop"`` -> ``"Random resized crop"``; ``"cutpaste"`` -> ``"CutPaste"``."""
+    return PROPER_NAMES.get(name) or name.replace("_", " ").capitalize()
 
 
 def param_inputs(
@@ -406,6 +436,13 @@ def pick_run(page_key: str, *, maps: bool = False) -> Run:
     labels = {r["run id"]: run_label(r) for r in rows}
     ids = list(labels)
     current = st.session_state.get("selected_run")
+    if current is not None and current not in ids:
+        st.info(
+            f"The run `{current}` you were looking at is no longer in the runs folder (deleted, moved or "
+            "damaged): showing the newest run instead.",
+            icon=":material/info:",
+        )
+    broken_runs_note(broken)
     run_id = st.selectbox(
         "Run",
         ids,
@@ -415,7 +452,19 @@ def pick_run(page_key: str, *, maps: bool = False) -> Run:
         help="Runs are listed newest first. The run you pick here is the one every Explore page opens.",
     )
     st.session_state["selected_run"] = run_id
-    return load_run_cached(root / run_id) if maps else load_run_scores(root / run_id)
+    try:
+        return load_run_cached(root / run_id) if maps else load_run_scores(root / run_id)
+    except (FileNotFoundError, ValueError) as exc:  # deleted or damaged since the list was read
+        st.warning(f"The run `{run_id}` cannot be read any more: {exc}", icon=":material/warning:")
+        st.caption("It was probably deleted or changed while this page was open: pick another run above.")
+        st.stop()
+
+
+def broken_runs_note(broken: Sequence[tuple[str, str]]) -> None:
+    """Folders in the runs folder that are not readable runs, each with its reason (folded away)."""
+    if broken:
+        with st.expander(f"{len(broken)} folder(s) in the runs folder are not readable runs"):
+            st.markdown("\n".join(f"- `{name}`: {reason}" for name, reason in broken))
 
 
 def no_runs_yet(root: Path, broken: Sequence[tuple[str, str]] = ()) -> None:
@@ -459,9 +508,7 @@ def _load_run(path: str, config_mtime: int) -> Run:
 def _load_run_scores(path: str, config_mtime: int) -> Run:
     """The run with its results minus the anomaly maps: all that scores, thresholds and comparing need."""
     run = load_run(path)
-    with np.load(Path(path) / "results.npz", allow_pickle=False) as data:
-        results = {k: data[k] for k in data.files if k != "anomaly_map"}
-    return Run(run.path, run.config, run.history, results)
+    return Run(run.path, run.config, run.history, read_results(path, skip=("anomaly_map",)))
 
 
 def run_version(run: Run) -> int:

@@ -41,9 +41,14 @@ def entries() -> list[Entry]:
     if not rows:
         common.no_runs_yet(root, broken)
         st.stop()
+    common.broken_runs_note(broken)
     out = []
     for r in rows:
-        run = common.load_run_scores(root / r["run id"])
+        try:
+            run = common.load_run_scores(root / r["run id"])
+        except (FileNotFoundError, ValueError) as exc:  # deleted or damaged since the list was read
+            st.warning(f"Run `{r['run id']}` is left out: {exc}", icon=":material/warning:")
+            continue
         choice = common.scorer_choice(run)
         ctx = common.score_context(run, choice)
         threshold = common.chosen_threshold(run, choice, ctx.scores)

@@ -5,7 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from adcore import viz
-from adcore.data import IMAGE_EXTENSIONS, open_image_set
+from adcore.data import DATA_ROOTS_ENV, IMAGE_EXTENSIONS, allowed_path, open_image_set
 from app_pages import common
 
 
@@ -111,14 +111,18 @@ with upload_tab:
         )
 
 with folder_tab:
+    roots = common.data_roots()
     st.markdown(
         "A folder (or .zip) on the machine running this app, in the MVTec AD layout or a plain "
-        "folder of good-part photos."
+        "folder of good-part photos, inside one of the folders this server opens: "
+        + ", ".join(f"`{root}`" for root in roots)
+        + "."
     )
-    folder = st.text_input("Path", placeholder="/data/mvtec/bottle", key="data.folder")
+    st.caption(f"The server's administrator sets these with the `{DATA_ROOTS_ENV}` environment variable.")
+    folder = st.text_input("Path", placeholder=str(roots[0] / "mvtec" / "bottle") if roots else "", key="data.folder")
     if st.button("Open", disabled=not folder.strip(), key="data.open_folder"):
-        path = Path(folder.strip()).expanduser()
         try:
+            path = allowed_path(folder.strip(), roots)
             if path.is_dir():
                 common.open_set.clear(str(path.resolve()))  # "Open" always looks at the files afresh
                 new_set = common.open_set(str(path.resolve()))

@@ -170,7 +170,8 @@ def test_an_upload_with_no_usable_file_keeps_the_current_set_and_says_why(tmp_pa
     assert sorted(skipped["file"]) == ["empty.jpg", "notes.png"]
 
 
-def test_data_page_opens_a_server_folder(tiny_set, tmp_path):
+def test_data_page_opens_a_server_folder(tiny_set, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADCORE_DATA_ROOTS", str(tmp_path))  # the folders a visitor may open
     at = app_at("app_pages/data.py")
     at.text_input(key="data.folder").set_value(str(tmp_path / "missing")).run()
     at.button(key="data.open_folder").click().run()
@@ -202,6 +203,7 @@ def test_augmentations_page_previews_and_remembers_the_chain():
     at = app_at("app_pages/augmentations.py")
     assert at.title[0].value == "Augmentations"
     assert len(at.image) == 8  # 8 samples, each "original | augmented"
+    assert {"CutPaste", "CutPaste scar", "Random resized crop"} <= set(at.multiselect(key="augment.names").options)
     at.multiselect(key="augment.names").set_value(["random_resized_crop", "cutpaste"]).run()
     at.slider(key="augment.cutpaste.area_max").set_value(0.3).run()
     assert not at.exception and not at.error

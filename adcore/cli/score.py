@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from adcore.batch import open_images, score_to_csv
+    from adcore.batch import ScoreSummary, open_images, partial_path, score_to_csv
     from adcore.device import pick_device
     from adcore.export import load_model, model_from_run
 
@@ -52,17 +52,25 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=device) if args.model else model_from_run(args.run, device=device)
     threshold = model.threshold
 
-    with open_images(args.images) as listing:
-        with tqdm(total=listing.count, unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
-            summary = score_to_csv(
-                model,
-                listing,
-                args.out,
-                batch_size=args.batch_size,
-                maps_dir=args.maps,
-                map_overlay=args.maps_style == "overlay",
-                on_batch=bar.update,
-            )
+    summary = ScoreSummary()
+    try:
+        with open_images(args.images) as listing:
+            with tqdm(total=listing.count, unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
+                score_to_csv(
+                    model,
+                    listing,
+                    args.out,
+                    batch_size=args.batch_size,
+                    maps_dir=args.maps,
+                    map_overlay=args.maps_style == "overlay",
+                    on_batch=bar.update,
+                    summary=summary,
+                )
+    except BaseException:
+        if summary.scored:  # say where the work done so far is, then fail as before
+            print(f"stopped after {summary.scored} image(s): their rows are in {partial_path(args.out)}",
+                  file=sys.stderr)  # fmt: skip
+        raise
 
     print(f"scored {summary.scored} image(s) -> {args.out}")
     print(
