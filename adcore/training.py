@@ -201,9 +201,9 @@ def train_run(
         "score_images_per_second": round(len(all_images) / max(t_score, 1e-9), 2),
         "stopped_by_budget": stopped_by_budget,
         "metrics": metrics,
+        **method.run_details(),
         "versions": {
             "adcore": adcore.__version__,
-        **method.run_details(),
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
