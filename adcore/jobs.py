@@ -37,6 +37,7 @@ class Progress:
     elapsed_s: float = 0.0
     eta_s: float | None = None  # of the current phase, from this phase's own rate
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) for the live curve
+    selection: dict | None = None  # a self-configuring method's selection table, as it grows
     phase_started: float = field(default_factory=time.monotonic)
 
     @property
@@ -101,6 +102,8 @@ class Job:
             p.images_per_s = event["images"] / in_phase
         if p.step and p.total_steps and in_phase > 0:
             p.eta_s = in_phase / p.step * (p.total_steps - p.step)
+        if event.get("selection") is not None:
+            p.selection = event["selection"]
         if event.get("loss") is not None and phase == "training":
             p.loss = event["loss"]
             p.losses = p.losses + [(p.step, p.loss)]  # replace, never mutate: readers may iterate

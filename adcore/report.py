@@ -80,6 +80,8 @@ def build_report(
             "not real defects."
         )),  # fmt: skip
     ]
+    if run.config.get("selection"):
+        parts.append(_selection_section(run.config["selection"]))
     if view.roc is not None:
         parts.append(
             _section(
@@ -99,6 +101,15 @@ def build_report(
 
 
 # --- what is shown --------------------------------------------------------------------------------
+
+
+def _selection_section(selection: dict[str, Any]) -> str:
+    from adcore.methods.auto import describe_selection
+
+    rows, sentence = describe_selection(selection)
+    header = list(rows[0]) if rows else []
+    return _section("How the method configured itself", _caption(sentence),
+                    _table(header, [list(r.values()) for r in rows]) if rows else "")
 
 
 def _saved_scores(run: Run) -> tuple[np.ndarray, str | None, dict[str, Any] | None]:

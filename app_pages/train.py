@@ -7,6 +7,7 @@ import streamlit as st
 from adcore import catalog, viz
 from adcore.jobs import CANCELLED, FAILED, FINISHED, RUNNING, Job, JobManager
 from adcore.methods import DEFAULT_METHOD, METHODS, build_method, get_method_class
+from adcore.methods.auto import describe_selection
 from adcore.methods.student_teacher import teacher_options
 from adcore.training import TrainSpec
 from app_pages import common
@@ -55,6 +56,8 @@ def show_running(job: Job) -> None:
         c6.metric("Device", (job.device or "–").split(" (")[0], help=job.device or None)
     else:
         c6.metric("Images / s", "–" if p.images_per_s is None else f"{p.images_per_s:.1f}")
+    if p.selection:
+        show_selection(p.selection)
     if p.losses:
         total = p.total_steps if p.phase == "training" else None
         st.plotly_chart(viz.loss_curve_figure(p.losses, total), key=f"train.loss.{job.id}")
@@ -65,6 +68,17 @@ def show_running(job: Job) -> None:
         on_click=job.cancel,
         disabled=job.stop_event.is_set(),
     )
+
+
+def show_selection(selection: dict) -> None:
+    """The candidates a self-configuring method judged, best first, and what it decided."""
+    rows, sentence = describe_selection(selection)
+    st.markdown("**How the method configures itself**")
+    st.caption(sentence)
+    if rows:
+        st.dataframe(rows, hide_index=True, width="stretch", column_config={
+            "selection score": st.column_config.ProgressColumn(format="%.3f", min_value=0.5, max_value=1.0),
+        })
 
 
 def show_queue(queued: list[Job], ahead: int) -> None:
@@ -97,6 +111,9 @@ def show_outcome(job: Job) -> None:
                     col.metric(name, "–" if value is None else f"{value:.3f}")
             else:
                 st.caption("This data has no labelled test images, so there are no test metrics.")
+        if config.get("selection"):
+            with st.expander("How the method configured itself", expanded=True):
+                show_selection(config["selection"])
         st.markdown("**Next:** set where a photo counts as defective, or look at the heat maps.")
         with st.container(horizontal=True):
             st.page_link("app_pages/scores.py", label="Scores & threshold", icon=":material/tune:")

@@ -165,3 +165,25 @@ def test_poisoned_test_labels_do_not_change_the_choice(tmp_path):
     assert a == b
     fit_a, fit_b = (r.results["score"][r.results["role"] == "fit"] for r in runs)
     assert np.array_equal(fit_a, fit_b)
+
+
+@pytest.mark.slow
+def test_the_run_and_its_report_show_the_selection(tmp_path):
+    from adcore.report import build_report
+    from adcore.runs import load_run
+    from adcore.training import TrainSpec, train_run
+
+    data = make_tiny_mvtec(tmp_path / "set", n_train=24, n_test_good=3, n_defect=3, size=64)
+    run = load_run(train_run(TrainSpec(data=str(data), method="auto", params=dict(TINY), device="cpu"),
+                             tmp_path / "runs"))
+    selection = run.config["selection"]
+    assert len(selection["candidates"]) == len(candidate_grid()) and selection["members"]
+    page = build_report(run, embedding_map=False)
+    assert "How the method configured itself" in page
+    for row in selection["candidates"]:
+        assert row["candidate"] in page
+    assert "test photos and labels are never used" in page
+    # The loaded model is the one the run scored with.
+    fit = run.results["role"] == "fit"
+    assert run.load_method().selection_["members"] == selection["members"]
+    assert np.isfinite(run.results["score"][fit]).all()

@@ -519,6 +519,37 @@ class Auto(Method):
         return {"selection": self.selection_}
 
 
+def describe_selection(selection: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """A run's selection table for people: one row per candidate (best first, the chosen ones marked)
+    and a sentence saying what was decided and why. Shared by the Train page and the report."""
+    chosen = {(m["normalize"], m["layers"], m["neighbourhood"], m.get("tile_size", 0))
+              for m in selection.get("members", [])}
+    rows = []
+    for r in sorted(selection.get("candidates", []), key=lambda r: -r["score"]):
+        key = (r["normalize"], r["layers"], r["neighbourhood"], r.get("tile_size", 0))
+        rows.append({
+            "chosen": "yes" if key in chosen else "",
+            "candidate": r["candidate"],
+            "selection score": r["score"],
+            "image separation": r["image"],
+            "pixel separation": r["pixel"],
+            "matches the best in": "best" if r.get("beats best") is None else f"{r['beats best']:.0%}",
+            "seconds": r.get("seconds"),
+        })
+    decision = {"pick": "Picked one candidate", "combine": "Combined candidates", "default": "No search"}.get(
+        selection.get("decision", ""), "Still searching")
+    parts = [f"{decision}: {selection['reason']}." if selection.get("reason") else decision + "."]
+    if selection.get("n_validation"):
+        parts.append(
+            f"Judged on {selection['n_validation']} normal photos kept aside and "
+            f"{selection['n_validation'] * selection['defects_per_family']} synthetic defects of each family "
+            f"({', '.join(selection['families'])}) pasted onto them; test photos and labels are never used."
+        )
+    if selection.get("total_seconds") is not None:
+        parts.append(f"Search {selection['search_seconds']:.0f} s, with the final fit {selection['total_seconds']:.0f} s.")
+    return rows, " ".join(parts)
+
+
 def _patchcore(params: dict[str, Any]) -> PatchCore:
     member = PatchCore(**params)
     member.get_params()  # bad parameters fail here, before any work
