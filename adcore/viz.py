@@ -785,16 +785,17 @@ def score_distribution_figure(
         height=max(height, 60 + 46 * len(groups)),
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         title={"text": "Anomaly scores by group", "font": {"size": 14}},
-        xaxis_title="anomaly score (higher = more anomalous)",
+        xaxis={"title": {"text": "anomaly score (higher = more anomalous)", "standoff": 8}},
         yaxis={"autorange": "reversed"},
     )
+    _room_for_labels(fig)
     low, high, beyond = _score_axis(ctx, groups, threshold)
     pad = 0.04 * (high - low) or 1.0
     fig.update_xaxes(range=[low - pad, high + pad])
     if beyond:
         fig.add_annotation(
             x=1, y=0, xref="paper", yref="paper", xanchor="right", yanchor="bottom", showarrow=False,
-            text=f"{beyond} → (drag the axis or zoom out to see them)", font={"size": 11, "color": "#666666"},
+            text=f"{beyond}, off the scale to the right →", font={"size": 11, "color": "#666666"},
         )  # fmt: skip
     if threshold is not None:
         _add_threshold(fig, threshold, high + pad)
@@ -899,10 +900,19 @@ def _curve_layout(fig: go.Figure, title: str, label: str, x: str, y: str, height
         height=height,
         margin={"l": 10, "r": 10, "t": 56, "b": 10},
         title={"text": title + subtitle, "font": {"size": 14}},
-        xaxis={"title": x, "range": [-0.02, 1.02], "tickformat": ".0%"},
-        yaxis={"title": y, "range": [-0.02, 1.02], "tickformat": ".0%"},
+        xaxis={"title": {"text": x, "standoff": 8}, "range": [-0.02, 1.02], "tickformat": ".0%"},
+        yaxis={"title": {"text": y, "standoff": 8}, "range": [-0.02, 1.02], "tickformat": ".0%"},
         showlegend=False,
     )
+    _room_for_labels(fig)
+
+
+def _room_for_labels(fig: go.Figure) -> None:
+    """Let the margins grow to fit tick labels and axis titles. Streamlit's theme does this on the
+    pages; a figure drawn anywhere else (the HTML report) would otherwise clip its labels to the
+    last few characters ("48" of "train normal · 48", "%" of "100%")."""
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
 
 
 def score_history_figure(history: dict[str, np.ndarray], *, height: int = 320) -> go.Figure:
@@ -923,10 +933,11 @@ def score_history_figure(history: dict[str, np.ndarray], *, height: int = 320) -
         boxmode="group",
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         title={"text": "Scores during training", "font": {"size": 14}},
-        xaxis_title="epoch",
-        yaxis_title="anomaly score",
+        xaxis={"title": {"text": "epoch", "standoff": 8}},
+        yaxis={"title": {"text": "anomaly score", "standoff": 8}},
         legend={"orientation": "h", "y": -0.25},
     )
+    _room_for_labels(fig)
     return fig
 
 

@@ -102,3 +102,12 @@ def test_a_normal_only_run_reports_without_a_confusion_matrix(tmp_path):
 def test_missing_run_is_a_clear_error(tmp_path, capsys):
     assert cli_main(["report", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "r.html")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_report_figures_make_room_for_their_labels_and_ask_for_no_dragging(run_dir):
+    page = build_report(load_run(run_dir))
+    figures = re.findall(r"Plotly\.newPlot\(\s*\"figure-\d+\",\s*(\[.*?\]),\s*(\{.*?\}),\s*\{\"displaylogo", page, re.S)
+    assert len(figures) >= 4
+    for _, layout in figures[:3]:  # distributions, ROC, PR: tick labels and group names fit in their margins
+        assert layout.count('"automargin":true') >= 2, layout[:300]
+    assert "drag the axis" not in page
