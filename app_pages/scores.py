@@ -14,6 +14,7 @@ import streamlit as st
 from adcore import viz
 from adcore.methods import get_method_class
 from adcore.projection import score_history
+from adcore.files import describe_os_error
 from adcore.runs import Run, update_config
 from adcore.scoring import SCORERS
 from adcore.threshold import (
@@ -193,9 +194,13 @@ def threshold_panel(run: Run, ctx: viz.ScoreContext, choice: dict[str, Any] | No
             help="Store this threshold (and the image score it is for) with the run: export uses it.",
         )  # fmt: skip
     if save:
-        update_config(run.path, threshold=threshold.to_dict(), scorer=choice)
-        st.toast(f"Threshold {threshold.value:.4g} saved with the run.", icon=":material/check_circle:")
-        st.rerun()  # the whole page: the run's config has changed
+        try:
+            update_config(run.path, threshold=threshold.to_dict(), scorer=choice)
+        except OSError as exc:  # a full disk, a read-only or vanished run folder: the saved one stays
+            st.error(f"The threshold could not be saved: {describe_os_error(exc)}.", icon=":material/error:")
+        else:
+            st.toast(f"Threshold {threshold.value:.4g} saved with the run.", icon=":material/check_circle:")
+            st.rerun()  # the whole page: the run's config has changed
     saved, saved_scorer = saved_threshold(run)
     if saved is None:
         st.caption("Not saved yet: export would use the default threshold.")

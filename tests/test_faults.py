@@ -460,3 +460,35 @@ def test_every_page_guides_when_the_working_set_folder_has_vanished(tiny, tmp_pa
         assert "The folder of the image set you were working on, my set, is gone" in texts(at)
         assert at.session_state["image_set"].root != image_set.root, "back on the demo set"
     st.cache_resource.clear()
+
+
+# --- the Scores page: a saved threshold on another score, saving on a full disk ------------------
+
+
+def test_the_scores_page_says_a_threshold_saved_for_another_score_is_not_used(two_runs):
+    run_id = two_runs["kept"].name
+    value = float(np.median(load_run(two_runs["kept"]).results["score"]))
+    update_config(two_runs["kept"], threshold={"value": value, "how": "by hand", "details": {}}, scorer=None)
+    at = page_at("app_pages/scores.py", selected_run=run_id)
+    at.selectbox(key=f"scores.{run_id}.scorer").set_value("knn").run()
+    assert not at.exception, [e.value for e in at.exception]
+    note = f"saved threshold {value:.4g} was chosen for the method's own score, not for the knn scorer"
+    assert note in texts(at)
+    assert at.session_state["explore.threshold"][run_id]["threshold"]["value"] != value, "not used on knn scores"
+
+
+def test_saving_a_threshold_on_a_full_disk_says_so_and_keeps_the_saved_one(two_runs, monkeypatch):
+    run_id = two_runs["kept"].name
+    before = (two_runs["kept"] / "config.json").read_bytes()
+    at = page_at("app_pages/scores.py", selected_run=run_id)
+    full_disk(monkeypatch, two_runs["kept"])
+    at.button(key=f"scores.{run_id}.method.save").click().run()
+    monkeypatch.undo()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "The threshold could not be saved: the disk is full" in at.error[0].value
+    assert (two_runs["kept"] / "config.json").read_bytes() == before
+    assert sorted(p.name for p in two_runs["kept"].iterdir()) == sorted(
+        ["config.json", "history.json", "results.npz", "state.safetensors"] + [
+            p.name for p in two_runs["kept"].iterdir() if p.name.endswith(".npy") or p.is_dir()
+        ]
+    )  # fmt: skip
