@@ -723,6 +723,9 @@ def confusion_table(point: Any) -> "pd.DataFrame":
     )
 
 
+FALSE_ALARMS_TITLE = "False alarms among hold-out and test normals"
+
+
 def gallery_rows(ctx: ScoreContext, threshold: float, k: int = 8) -> dict[str, tuple[np.ndarray, int]]:
     """Rows worth looking at: nearest the threshold, false alarms (highest first) and misses
     (lowest first, on real defects, else on synthetic ones); each with how many there are in all."""
@@ -736,9 +739,11 @@ def gallery_rows(ctx: ScoreContext, threshold: float, k: int = 8) -> dict[str, t
     misses = defects[scores[defects] < threshold]
     misses = misses[np.argsort(scores[misses], kind="stable")]
     miss_title = "Missed defects" if ctx.real_defect_rows.size else "Missed synthetic defects (not real)"
+    # Each title says what it counts: false alarms here are among every normal not trained on (the
+    # hold-out ones too), where the False alarms metric counts the test normals alone.
     return {
-        "Nearest the threshold": (nearest, int(candidates.size)),
-        "False alarms (normal images flagged)": (alarms[:k], int(alarms.size)),
+        "Nearest the threshold": (nearest, int(nearest.size)),
+        FALSE_ALARMS_TITLE: (alarms[:k], int(alarms.size)),
         miss_title: (misses[:k], int(misses.size)),
     }
 

@@ -323,8 +323,10 @@ def test_score_context_groups_gallery_and_synthetic_images(runs):
     ctx = viz.score_context(run)
     assert ctx.order[:3] == ["train normal", "hold-out normal", "test normal"] and "spot" in ctx.order
     view = viz.threshold_view(ctx, float(np.median(ctx.scores)))
-    alarms, total = view.gallery["False alarms (normal images flagged)"]
+    alarms, total = view.gallery["False alarms among hold-out and test normals"]
     assert total == int((ctx.scores[ctx.normal_rows] >= view.threshold).sum())
+    nearest, shown = view.gallery["Nearest the threshold"]
+    assert shown == len(nearest) == 8, "the tab counts the images it shows, not every candidate"
     assert all(ctx.groups[r] in ("hold-out normal", "test normal") for r in alarms)
     # A synthetic row is pasted again exactly as training did: it differs from its hold-out source.
     synthetic = int(np.flatnonzero(run.results["role"] == "synthetic")[0])
@@ -476,3 +478,13 @@ def pc_rgb(colour: str) -> tuple[int, ...]:
     import plotly.colors as pc
 
     return pc.unlabel_rgb(pc.convert_colors_to_same_type(colour, colortype="rgb")[0][0])
+
+
+def test_scores_page_shows_where_the_heat_map_points_when_masks_exist(runs):
+    config = load_run(runs["root"] / runs["labelled"]).config["metrics"]
+    assert config["hit_rate_images"] == 3 and config["hit_rate"] is not None and config["pixel_pro"] is not None
+    at = open_page("app_pages/scores.py", runs["labelled"])
+    assert metric(at, "Heat map on the defect") == f"{round(config['hit_rate'] * 3)} of 3"
+    assert metric(at, "Region overlap (PRO, 30 %)") == f"{config['pixel_pro']:.2f}"
+    at = open_page("app_pages/scores.py", runs["normal"])
+    assert "Heat map on the defect" not in {m.label for m in at.metric}
