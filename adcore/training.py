@@ -22,7 +22,7 @@ from adcore.device import describe_device, pick_device
 from adcore.methods import DEFAULT_METHOD, FitContext, Method, build_method
 from adcore.projection import DEFAULT_MAP_KEY, default_map
 from adcore.runs import new_run_id, write_run
-from adcore.scoring import image_metrics, pixel_auroc
+from adcore.scoring import hit_rate, image_metrics, pixel_auroc, pixel_pro
 
 STORED_MAP_SIDE = 128  # maps are kept at most this size in results.npz (float16)
 SYNTHETIC_KINDS = ("cutpaste", "cutpaste_scar")
@@ -247,10 +247,11 @@ def _small_maps(maps: list[np.ndarray]) -> np.ndarray:
 
 
 def _test_metrics(results, predictions, test_records, offset: int) -> dict[str, float | None]:
-    """Image metrics on the test split (normal hold-out excluded), pixel AUROC where masks exist."""
+    """Image metrics on the test split (normal hold-out excluded); pixel AUROC, PRO and the heat map's
+    hit rate (with the number of defect photos it counts) where masks exist."""
     test = results["role"] == "test"
     metrics = image_metrics(results["score"][test], results["label"][test] != "good")
-    metrics["pixel_auroc"] = None
+    metrics.update(pixel_auroc=None, pixel_pro=None, hit_rate=None, hit_rate_images=0)
     if predictions.anomaly_maps is not None and any(r.mask_path for r in test_records):
         masks = []
         for rec in test_records:
@@ -260,4 +261,7 @@ def _test_metrics(results, predictions, test_records, offset: int) -> dict[str, 
                 masks.append(load_mask(rec))
         maps = predictions.anomaly_maps[offset : offset + len(test_records)]
         metrics["pixel_auroc"] = pixel_auroc(maps, masks)
+        metrics["pixel_pro"] = pixel_pro(maps, masks)
+        metrics["hit_rate"] = hit_rate(maps, masks)
+        metrics["hit_rate_images"] = sum(1 for m in masks if m.any())
     return metrics

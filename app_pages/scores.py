@@ -241,6 +241,24 @@ def show_reliability(ctx: viz.ScoreContext, threshold: Threshold, view: viz.Thre
             st.warning(warning, icon=":material/warning:")
 
 
+def show_hit_rate(metrics: dict) -> None:
+    """Where the masks are known: how often the heat map's hottest pixel is on the defect."""
+    if metrics.get("hit_rate") is None:
+        return
+    n = metrics.get("hit_rate_images") or 0
+    hits = round(metrics["hit_rate"] * n)
+    with st.container(horizontal=True):
+        st.metric(
+            "Heat map on the defect", f"{hits} of {n}" if n else f"{metrics['hit_rate']:.0%}", border=True,
+            help="Defect photos whose hottest heat-map pixel lies on the defect's mask (within 3 px): does "
+            "the map point where an inspector should look? Independent of the threshold.",
+        )
+        if metrics.get("pixel_pro") is not None:
+            st.metric("Region overlap (PRO, 30 %)", f"{metrics['pixel_pro']:.2f}", border=True,
+                      help="Area under the per-region-overlap curve up to a 30 % false-positive rate, as in "
+                      "the MVTec AD evaluation: 1 is perfect; each defect region counts the same.")
+
+
 def show_metrics(ctx: viz.ScoreContext, view: viz.ThresholdView) -> None:
     real = [r for r in view.recalls if not r.synthetic]
     synthetic = [r for r in view.recalls if r.synthetic]
@@ -261,6 +279,7 @@ def show_metrics(ctx: viz.ScoreContext, view: viz.ThresholdView) -> None:
                 st.metric("Precision", percent(p.precision), help="Of the flagged images, the share that are defects.")
                 st.metric("Recall", percent(p.recall), help="Of the defects, the share flagged.")
                 st.metric("F1", "–" if p.f1 is None else f"{p.f1:.2f}")
+            show_hit_rate(ctx.run.config.get("metrics") or {})
         with st.expander("Per defect class, with 95 % intervals"):
             for r in real:
                 st.markdown(f"- {r.sentence}")

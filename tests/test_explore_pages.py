@@ -479,3 +479,12 @@ def pc_rgb(colour: str) -> tuple[int, ...]:
 
     return pc.unlabel_rgb(pc.convert_colors_to_same_type(colour, colortype="rgb")[0][0])
 
+
+def test_scores_page_shows_where_the_heat_map_points_when_masks_exist(runs):
+    config = load_run(runs["root"] / runs["labelled"]).config["metrics"]
+    assert config["hit_rate_images"] == 3 and config["hit_rate"] is not None and config["pixel_pro"] is not None
+    at = open_page("app_pages/scores.py", runs["labelled"])
+    assert metric(at, "Heat map on the defect") == f"{round(config['hit_rate'] * 3)} of 3"
+    assert metric(at, "Region overlap (PRO, 30 %)") == f"{config['pixel_pro']:.2f}"
+    at = open_page("app_pages/scores.py", runs["normal"])
+    assert "Heat map on the defect" not in {m.label for m in at.metric}
