@@ -198,6 +198,7 @@ def measure_method(
     ``reference`` caches the bare ResNet-18's images/s per image size."""
     from tqdm import tqdm
 
+    from adcore.cli.train import bar_progress
     from adcore.device import describe_device
     from adcore.methods import FitContext, build_method
     from adcore.scoring import build_scorer
@@ -209,20 +210,7 @@ def measure_method(
     _reset_peak_memory(torch_device)
 
     bar = tqdm(total=0, desc=name, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
-    shown = {"phase": None}
-
-    def on_progress(event: dict) -> None:
-        phase = event.get("phase", "")
-        if shown["phase"] != phase:
-            shown["phase"] = phase
-            bar.reset(total=event.get("total_steps") or None)
-            bar.set_description(f"{name}: {phase}", refresh=False)
-        bar.n = event.get("step", 0)
-        if event.get("loss") is not None:
-            bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
-        bar.refresh()
-
-    ctx = FitContext(device=torch_device, budget_s=budget_s, on_progress=on_progress)
+    ctx = FitContext(device=torch_device, budget_s=budget_s, on_progress=bar_progress(bar, name))
     try:
         t0 = time.monotonic()
         method.fit(train_images, ctx)

@@ -6,6 +6,7 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +35,26 @@ def parse_params(cls, pairs: list[str]) -> dict:
     return out
 
 
+def bar_progress(bar: Any, label: str = "") -> Callable[[dict], None]:
+    """A training ``on_progress`` that drives the tqdm ``bar``: reset at each new phase (named after
+    ``label``, if given), the step as its position, the loss and epoch beside it."""
+    shown = {"phase": None}
+
+    def on_progress(event: dict) -> None:
+        phase = event.get("phase", "")
+        if shown["phase"] != phase:
+            shown["phase"] = phase
+            bar.reset(total=event.get("total_steps") or None)
+            bar.set_description(f"{label}: {phase}" if label else phase, refresh=False)
+            bar.set_postfix({}, refresh=False)
+        bar.n = event.get("step", 0)
+        if event.get("loss") is not None:
+            bar.set_postfix(loss=f"{event['loss']:.4f}", epoch=event.get("epoch"), refresh=False)
+        bar.refresh()
+
+    return on_progress
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -50,19 +71,7 @@ def run(args: argparse.Namespace) -> int:
     spec = TrainSpec(data=args.data, method=name, params=params, budget_s=args.budget_s, device=args.device)
 
     bar = tqdm(total=0, unit="step", file=sys.stderr, dynamic_ncols=True)
-    shown = {"phase": None}
-
-    def on_progress(event: dict) -> None:
-        phase = event.get("phase", "")
-        if shown["phase"] != phase:
-            shown["phase"] = phase
-            bar.reset(total=event.get("total_steps") or None)
-            bar.set_description(phase, refresh=False)
-            bar.set_postfix({}, refresh=False)
-        bar.n = event.get("step", 0)
-        if event.get("loss") is not None:
-            bar.set_postfix(loss=f"{event['loss']:.4f}", epoch=event.get("epoch"), refresh=False)
-        bar.refresh()
+    on_progress = bar_progress(bar)
 
     # Written under a scratch root next to --out, then moved, so --out appears only when complete.
     scratch = out.parent / f".adcore-train-{out.name}"
