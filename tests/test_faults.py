@@ -424,10 +424,19 @@ def test_every_page_survives_the_open_run_folder_being_deleted(two_runs, page):
 
 
 @pytest.mark.parametrize("page", ALL_PAGES[4:])
-def test_the_explore_pages_list_a_damaged_run_with_its_reason(two_runs, page):
-    truncate(two_runs["doomed"] / "state.safetensors")
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda run: truncate(run / "results.npz"), "is unreadable"),
+        (lambda run: truncate(run / "state.safetensors"), "is unreadable: state.safetensors is damaged or truncated"),
+        (lambda run: update_config(run, format=FORMAT_VERSION + 1), "was written by a newer adcore"),
+    ],
+    ids=["results truncated", "weights truncated", "newer format"],
+)
+def test_the_explore_pages_list_a_damaged_run_with_its_reason(two_runs, page, damage, reason):
+    damage(two_runs["doomed"])
     at = page_at(page, selected_run=two_runs["doomed"].name)
-    assert f"`{two_runs['doomed'].name}`: run {two_runs['doomed'].name} is unreadable: state.safetensors" in texts(at)
+    assert f"`{two_runs['doomed'].name}`: run {two_runs['doomed'].name} {reason}" in texts(at)
     assert at.expander[0].label == "1 folder(s) in the runs folder are not readable runs"
 
 
