@@ -307,6 +307,29 @@ def test_two_sessions_starting_jobs_at_once_are_queued_and_both_finish(tiny, tmp
     st.cache_resource.clear()
 
 
+def test_two_jobs_submitted_at_the_same_instant_from_two_threads_both_finish(tiny, tmp_path):
+    import threading
+
+    manager = JobManager(tmp_path / "runs")
+    start, jobs = threading.Barrier(2), []
+
+    def submit() -> None:
+        start.wait()  # both threads call submit together, as two sessions' button clicks can
+        jobs.append(manager.submit(TrainSpec(data=str(tiny["data"]), params=TINY)))
+
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for job in jobs:
+        manager.wait(job, timeout=TIMEOUT_S)
+    assert [job.status for job in jobs] == [FINISHED, FINISHED], [job.error for job in jobs]
+    first, second = sorted(jobs, key=lambda j: j.started)
+    assert second.started >= first.ended, "one at a time"
+    assert len({job.run_dir for job in jobs}) == 2 and len(list_runs(tmp_path / "runs")[0]) == 2
+
+
 # --- what a visitor can reach on the server -------------------------------------------------------
 
 
