@@ -155,7 +155,7 @@ def live_panel(jobs: JobManager) -> None:
 
 st.title("Train")
 st.markdown(
-    f"Training on {'the demo set' if common.is_demo(image_set) else f'`{image_set.root}`'}: "
+    f"Training on {common.set_name(image_set)}: "
     f"{len(normal_train)} normal training images, {len(image_set.test)} test images."
 )
 
@@ -306,7 +306,7 @@ if rows:
         },
     )
 else:
-    st.info(f"No runs yet in `{manager.runs_root}`. Finished trainings are saved there and listed here.")
+    st.info("No runs yet. Finished trainings are saved and listed here.")
 if broken:
     st.warning(f"{len(broken)} folder(s) in the runs folder are not readable runs and are ignored:")
     st.dataframe([{"folder": name, "reason": reason} for name, reason in broken], hide_index=True, width="stretch")
