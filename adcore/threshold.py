@@ -519,13 +519,15 @@ def threshold_for(run: Run, scorer: dict[str, Any] | None, scores: np.ndarray | 
     """The threshold ``run`` decides with when scored by ``scorer`` (None: the method's own score).
 
     The saved threshold if it was chosen for these same scores, else ``default_threshold`` on
-    ``scores`` (the scorer's scores of every row of the run; default: the stored ones), whose first
-    warning then says that the saved one was not used and why.
+    ``scores`` (the scorer's scores of every row of the run; needed with a scorer, since the stored
+    ones are the method's own), whose first warning then says that the saved one was not used and why.
     """
     saved, _ = saved_threshold(run)
     note = saved_threshold_note(run, scorer)
     if saved is not None and note is None:
         return saved
+    if scorer is not None and scores is None:
+        raise ValueError(f"threshold_for: pass the {scorer.get('name')} scorer's scores of the run's rows")
     threshold = default_threshold(run, scores=scores)
     if note is not None:
         threshold.details["warnings"].insert(0, note)
