@@ -425,14 +425,16 @@ def run_data_root(config: dict[str, Any]) -> PurePath | None:
     return PurePath(root) if root else None
 
 
-def run_row_images(run: Any, rows: Sequence[int]) -> list[np.ndarray | None]:
-    """HWC uint8 images of rows of ``run.results``; None where one cannot be read (see ``run_row_image``)."""
+def run_row_images(
+    run: Any, rows: Sequence[int], synthetic: Sequence[np.ndarray] | None = None
+) -> list[np.ndarray | None]:
+    """HWC uint8 images of rows of ``run.results``; None where one cannot be read (see ``run_row_image``).
+    ``synthetic``: the run's ``synthetic_images`` if the caller keeps them, else pasted here once."""
     out: list[np.ndarray | None] = []
-    synthetic: list[np.ndarray] | None = None  # pasted once for all the synthetic rows asked for
     for row in rows:
         try:
             if str(run.results["role"][int(row)]) == "synthetic" and synthetic is None:
-                synthetic = _synthetic_images(run)
+                synthetic = synthetic_images(run)
             out.append(run_row_image(run, int(row), synthetic))
         except ImageError:
             out.append(None)
@@ -450,7 +452,7 @@ def run_row_image(run: Any, row: int, synthetic: list[np.ndarray] | None = None)
     results = run.results
     if str(results["role"][row]) != "synthetic":
         return _read_run_file(run, str(results["rel_path"][row]))
-    synthetic = _synthetic_images(run) if synthetic is None else synthetic
+    synthetic = synthetic_images(run) if synthetic is None else synthetic
     position = int(np.count_nonzero(results["role"][:row] == "synthetic"))
     if position >= len(synthetic):
         raise ImageError("the synthetic defects of this run cannot be pasted again")
@@ -467,7 +469,9 @@ def _read_run_file(run: Any, rel_path: str) -> np.ndarray:
         raise ImageError(f"{Path(root) / rel_path}: {exc}") from None
 
 
-def _synthetic_images(run: Any) -> list[np.ndarray]:
+def synthetic_images(run: Any) -> list[np.ndarray]:
+    """The synthetic defects of a run (HWC uint8, in the order of its synthetic rows), pasted again
+    onto its hold-out images as training did; raises ImageError if one cannot be read."""
     from adcore.training import synthetic_defects  # imports torch: only when a synthetic row is shown
 
     rel, role = run.results["rel_path"], run.results["role"]

@@ -16,6 +16,7 @@ import streamlit as st
 from adcore import viz
 from adcore.augment import AUGMENTATIONS, get_augmentation
 from adcore.data import (
+    ImageError,
     ImageRecord,
     ImageSet,
     SkippedFile,
@@ -614,9 +615,21 @@ def _row_thumbnails(path: str, version: int, rows: tuple[int, ...], size: int) -
         else:
             plain.append(i)
     if plain:
-        for i, image in zip(plain, viz.run_row_images(run, [rows[i] for i in plain])):
+        wanted = [rows[i] for i in plain]
+        synthetic = _synthetic(path, version) if any(role[r] == "synthetic" for r in wanted) else None
+        for i, image in zip(plain, viz.run_row_images(run, wanted, synthetic)):
             out[i] = viz.placeholder(size) if image is None else viz.fit_size(image, size)
     return out  # type: ignore[return-value]
+
+
+@st.cache_resource(show_spinner="Pasting the run's synthetic defects again…", max_entries=2)
+def _synthetic(path: str, version: int) -> list[np.ndarray] | None:
+    """``adcore.viz.synthetic_images`` of a run, once per server (every selection or page showing a
+    synthetic row would otherwise paste all of them again); None if a hold-out image is unreadable."""
+    try:
+        return viz.synthetic_images(_load_run_scores(path, version))
+    except ImageError:
+        return None
 
 
 def row_caption(ctx: viz.ScoreContext, row: int) -> str:
@@ -659,4 +672,6 @@ def run_row_image(run: Run, row: int) -> np.ndarray:
 
 @st.cache_data(show_spinner=False, max_entries=32)  # an ImageError is raised again, not cached
 def _row_image(path: str, version: int, row: int) -> np.ndarray:
-    return viz.run_row_image(_load_run_scores(path, version), row)
+    run = _load_run_scores(path, version)
+    synthetic = _synthetic(path, version) if run.results["role"][row] == "synthetic" else None
+    return viz.run_row_image(run, row, synthetic)

@@ -488,3 +488,21 @@ def test_scores_page_shows_where_the_heat_map_points_when_masks_exist(runs):
     assert metric(at, "Region overlap (PRO, 30 %)") == f"{config['pixel_pro']:.2f}"
     at = open_page("app_pages/scores.py", runs["normal"])
     assert "Heat map on the defect" not in {m.label for m in at.metric}
+
+
+def test_a_run_s_synthetic_defects_are_pasted_once_for_every_picture_of_them(runs, monkeypatch):
+    from app_pages import common
+
+    calls = []
+    paste = viz.synthetic_images
+    monkeypatch.setattr(viz, "synthetic_images", lambda run: calls.append(run.run_id) or paste(run))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    run = common.load_run_scores(runs["root"] / runs["labelled"])
+    synthetic = [int(r) for r in np.flatnonzero(run.results["role"] == "synthetic")]
+    assert len(synthetic) >= 3
+    first = common.row_thumbnails(run, synthetic[:1])
+    common.row_thumbnails(run, synthetic[1:3])  # another selection
+    image = common.run_row_image(run, synthetic[0])  # Inspect
+    assert calls == [runs["labelled"]]
+    assert first[0].shape[2] == 3 and image.ndim == 3
