@@ -135,9 +135,11 @@ def _setup(run: Run) -> str:
     params = c.get("params") or {}
     augment = ", ".join(f"{name} ({_kv(p)})" if p else name for name, p in c.get("augmentations") or []) or "none"
     classes = ", ".join(data.get("defect_classes") or []) or "none (normal images only)"
-    trained = viz.format_seconds(c.get("train_seconds"))
+    # The run's one total, each phase named beside it, as on the Train page.
+    total = c.get("total_seconds", c.get("train_seconds"))
+    trained = f"{viz.format_seconds(total)} ({viz.phase_line(c)})"
     if c.get("stopped_by_budget"):
-        trained += f" (stopped by the {c.get('budget_s'):g} s budget)"
+        trained += f"; training stopped by the {c.get('budget_s'):g} s budget"
     skipped = c.get("skipped") or []
     versions = c.get("versions") or {}
     rows = [
@@ -149,7 +151,7 @@ def _setup(run: Run) -> str:
         ("Defect classes", classes),
         ("Data", str(data.get("root") or data.get("path") or "?")),
         ("Device", str(c.get("device", "?"))),
-        ("Training time", trained),
+        ("Run time", trained),
         ("Skipped files", f"{len(skipped)}" + (": " + ", ".join(s["rel_path"] for s in skipped[:5]) if skipped else "")),
         ("Versions", _kv(versions)),
     ]  # fmt: skip

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from adcore import viz
 from adcore.cli import main as cli_main
 from adcore.report import build_report
 from adcore.runs import load_run, update_config
@@ -111,3 +112,5 @@ def test_report_figures_make_room_for_their_labels_and_ask_for_no_dragging(run_d
     for _, layout in figures[:3]:  # distributions, ROC, PR: tick labels and group names fit in their margins
         assert layout.count('"automargin":true') >= 2, layout[:300]
     assert "drag the axis" not in page
+    total = viz.format_seconds(load_run(run_dir).config["total_seconds"])
+    assert re.search(rf"Run time</th><td>{total} \(loading \d+:\d\d · training \d+:\d\d · scoring", page)
