@@ -30,7 +30,7 @@ from adcore.files import write_atomic
 from adcore.projection import map_groups, group_order, project_run, score_history
 from adcore.runs import Run, load_run
 from adcore.scoring import image_metrics
-from adcore.threshold import Threshold, format_percent, synthetic_caveat, threshold_for
+from adcore.threshold import Threshold, format_percent, is_anomalous, synthetic_caveat, threshold_for
 
 TOP_ANOMALIES = 8
 PICTURE_SIDE = 240
@@ -245,7 +245,7 @@ def _top_anomalies(run: Run, ctx: viz.ScoreContext, threshold: Threshold, k: int
 def _anomaly_tile(run, ctx, row, threshold, maps, display, records) -> str:
     name = ctx.names[row]
     score = float(ctx.scores[row])
-    flagged = score >= threshold.value
+    flagged = bool(is_anomalous(score, threshold.value))
     group = viz.group_label(str(ctx.groups[row]))
     pictures = []
     try:

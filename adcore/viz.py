@@ -27,6 +27,7 @@ from adcore.threshold import (
     ScoreTable,
     defect_recall,
     false_alarm_estimate,
+    is_anomalous,
     run_tables,
     synthetic_group_name,
     synthetic_recall,
@@ -698,7 +699,7 @@ def group_rate_rows(ctx: ScoreContext, threshold: float, groups: Sequence[str]) 
     out = []
     for group in groups:
         values = ctx.scores[ctx.rows[group]]
-        flagged = int(np.count_nonzero(values >= threshold))
+        flagged = int(np.count_nonzero(is_anomalous(values, threshold)))
         kind = group_kind(group)
         meaning = {
             "normal": "false alarms" if group != "train normal" else "flagged (seen in training)",
@@ -737,10 +738,10 @@ def gallery_rows(ctx: ScoreContext, threshold: float, k: int = 8) -> dict[str, t
     candidates = np.concatenate([ctx.normal_rows, ctx.real_defect_rows, ctx.synthetic_rows])
     nearest = candidates[np.argsort(np.abs(scores[candidates] - threshold), kind="stable")[:k]]
     nearest = nearest[np.argsort(scores[nearest], kind="stable")]
-    alarms = ctx.normal_rows[scores[ctx.normal_rows] >= threshold]
+    alarms = ctx.normal_rows[is_anomalous(scores[ctx.normal_rows], threshold)]
     alarms = alarms[np.argsort(-scores[alarms], kind="stable")]
     defects = ctx.real_defect_rows if ctx.real_defect_rows.size else ctx.synthetic_rows
-    misses = defects[scores[defects] < threshold]
+    misses = defects[~is_anomalous(scores[defects], threshold)]
     misses = misses[np.argsort(scores[misses], kind="stable")]
     miss_title = "Missed defects" if ctx.real_defect_rows.size else "Missed synthetic defects (not real)"
     # Each title says what it counts: false alarms here are among every normal not trained on (the

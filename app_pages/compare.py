@@ -12,7 +12,7 @@ import streamlit as st
 from adcore import viz
 from adcore.methods import get_method_class
 from adcore.runs import Run
-from adcore.threshold import Threshold, format_percent
+from adcore.threshold import Threshold, format_percent, is_anomalous
 from app_pages import common
 
 
@@ -115,7 +115,7 @@ def big_numbers(entry: Entry) -> None:
             st.metric("False alarms", f"{p.fp} of {p.fp + p.tn}", border=True)
         else:
             ref = entry.ctx.scores[entry.ctx.reference_rows]
-            flagged = int((ref >= entry.threshold.value).sum())
+            flagged = int(is_anomalous(ref, entry.threshold.value).sum())
             st.metric("Hold-out normals flagged", f"{flagged} of {ref.size}", border=True)
 
 

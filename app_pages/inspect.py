@@ -17,6 +17,7 @@ from adcore.data import ImageError, load_image, load_mask
 from adcore.export import LoadedModel, load_model_bytes, map_display_range
 from adcore.methods import Method, get_method_class
 from adcore.runs import Run
+from adcore.threshold import is_anomalous
 from app_pages import common
 
 
@@ -125,7 +126,7 @@ def show_views(image: np.ndarray, anomaly_map: np.ndarray | None, mask: np.ndarr
 
 def decision_metrics(score: float, threshold, reference: np.ndarray | None, kind: str | None = None) -> None:
     """Score, decision (and, where the image's ``kind`` is known, whether that decision is right)."""
-    flagged = score >= threshold.value
+    flagged = bool(is_anomalous(score, threshold.value))
     below = 0 if reference is None else int(np.count_nonzero(reference < score))
     verdict = None
     if kind is not None:
