@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-import streamlit as st
-import torch
 from streamlit.testing.v1 import AppTest
 
 from adcore import catalog
@@ -17,27 +14,10 @@ from adcore.threshold import Threshold
 from adcore.training import TrainSpec
 from app_pages import common
 from tests.helpers import make_tiny_mvtec, texts
+from tests.test_pages import runs_dir  # noqa: F401  (autouse: a fresh runs folder and job manager per test)
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 TIMEOUT_S = 60
-
-
-@pytest.fixture(autouse=True)
-def runs_dir(tmp_path, monkeypatch):
-    runs = tmp_path / "runs"
-    monkeypatch.setenv("ADCORE_RUNS_DIR", str(runs))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield runs
-    manager = common.job_manager()
-    for job in manager.active():
-        job.cancel()
-    for job in manager.jobs():
-        manager.wait(job, timeout=TIMEOUT_S)
-    st.cache_resource.clear()
-    torch.set_num_threads(threads)
 
 
 def home(image_set=None) -> AppTest:
