@@ -456,7 +456,7 @@ def pick_run(page_key: str, *, maps: bool = False) -> Run:
     try:
         return load_run_cached(root / run_id) if maps else load_run_scores(root / run_id)
     except (FileNotFoundError, ValueError) as exc:  # deleted or damaged since the list was read
-        st.warning(f"The run `{run_id}` cannot be read any more: {exc}", icon=":material/warning:")
+        st.warning(f"The run `{run_id}` cannot be read any more: {exc}.", icon=":material/warning:")
         st.caption("It was probably deleted or changed while this page was open: pick another run above.")
         st.stop()
 
@@ -487,14 +487,14 @@ def load_run_cached(path: Path) -> Run:
     """The run at ``path`` with all its results (anomaly maps too), read once per server until its
     config changes (a saved threshold)."""
     path = Path(path)
-    return _load_run(str(path), (path / "config.json").stat().st_mtime_ns)
+    return _load_run(str(path), _config_version(path))
 
 
 def load_run_scores(path: Path) -> Run:
     """Like ``load_run_cached`` without the anomaly maps, which only Inspect needs: cheap enough to
     hold many runs (Compare)."""
     path = Path(path)
-    return _load_run_scores(str(path), (path / "config.json").stat().st_mtime_ns)
+    return _load_run_scores(str(path), _config_version(path))
 
 
 @st.cache_resource(show_spinner="Reading the run…", max_entries=4)  # anomaly maps can be large
@@ -514,7 +514,14 @@ def _load_run_scores(path: str, config_mtime: int) -> Run:
 
 def run_version(run: Run) -> int:
     """Changes when the run's config is rewritten: part of every cache key that depends on the run."""
-    return (run.path / "config.json").stat().st_mtime_ns
+    return _config_version(run.path)
+
+
+def _config_version(path: Path) -> int:
+    try:
+        return (path / "config.json").stat().st_mtime_ns
+    except FileNotFoundError:
+        raise ValueError(f"run {path.name} is gone: its folder was deleted or moved") from None
 
 
 # --- scores: the method's own, or an embedding scorer's ------------------------------------------

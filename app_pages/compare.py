@@ -47,7 +47,7 @@ def entries() -> list[Entry]:
         try:
             run = common.load_run_scores(root / r["run id"])
         except (FileNotFoundError, ValueError) as exc:  # deleted or damaged since the list was read
-            st.warning(f"Run `{r['run id']}` is left out: {exc}", icon=":material/warning:")
+            st.warning(f"Run `{r['run id']}` is left out: {exc}.", icon=":material/warning:")
             continue
         choice = common.scorer_choice(run)
         ctx = common.score_context(run, choice)

@@ -473,10 +473,11 @@ def test_a_run_deleted_just_after_the_runs_were_listed_shows_guidance(two_runs, 
     monkeypatch.setattr(common, "runs_table", lambda root: listed)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
+    gone = f"run {two_runs['doomed'].name} is gone: its folder was deleted or moved."
     if page == "app_pages/compare.py":
-        assert f"Run `{two_runs['doomed'].name}` is left out" in texts(at)
+        assert f"Run `{two_runs['doomed'].name}` is left out: {gone}" in texts(at)
     else:
-        assert f"The run `{two_runs['doomed'].name}` cannot be read any more" in texts(at)
+        assert f"The run `{two_runs['doomed'].name}` cannot be read any more: {gone}" in texts(at)
 
 
 @pytest.mark.parametrize("page", ALL_PAGES)
