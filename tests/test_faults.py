@@ -525,3 +525,31 @@ def test_saving_a_threshold_on_a_full_disk_says_so_and_keeps_the_saved_one(two_r
             p.name for p in two_runs["kept"].iterdir() if p.name.endswith(".npy") or p.is_dir()
         ]
     )  # fmt: skip
+
+
+def test_a_full_disk_while_train_writes_its_run_leaves_nothing_and_says_so(tiny, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "runs" / "new"
+    full_disk(monkeypatch, tmp_path / "runs")
+    code = cli_main(["train", "--data", str(tiny["data"]), "--out", str(out)] + [f"--param={k}={v}" for k, v in TINY.items()])
+    monkeypatch.undo()
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "error: the disk is full: no space left to write" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == [], "no run, no scratch folder"
+    # Space again: the same --out trains.
+    assert cli_main(["train", "--data", str(tiny["data"]), "--out", str(out)] + [f"--param={k}={v}" for k, v in TINY.items()]) == 0
+    assert load_run(out).results["score"].size
+
+
+def test_a_full_disk_while_bench_saves_still_shows_the_measured_rows(tiny, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "results" / "r.json"
+    out.parent.mkdir()
+    full_disk(monkeypatch, out.parent)
+    code = cli_main(["bench", "--data", str(tiny["data"]), "--methods", "autoencoder", "--scorers", "own",
+                     "--image-size", "32", "--param", "autoencoder.epochs=1", "--param", "autoencoder.width=8",
+                     "--out", str(out)])  # fmt: skip
+    monkeypatch.undo()
+    captured = capsys.readouterr()
+    assert code == 1 and "error: the disk is full" in captured.err
+    assert "autoencoder | own" in captured.out, "the numbers were printed before the disk said no"
+    assert list(out.parent.iterdir()) == []

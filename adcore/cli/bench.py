@@ -96,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
 
     def record(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
-        # After every method: a crash or Ctrl-C later keeps what was measured.
-        write_atomic(out, json.dumps(rows, indent=2).encode("utf-8"))
+        # After every method: a crash or Ctrl-C later keeps what was measured. Printed first, so a
+        # full disk still shows the numbers before it stops the run.
         print(format_table(new), flush=True)
+        write_atomic(out, json.dumps(rows, indent=2).encode("utf-8"))
 
     rows = bench(
         args.data,
