@@ -136,7 +136,7 @@ def _search_only(method: Measured, images):
     bank = [rest[i] for i in method.rng_.permutation(len(rest))[: cfg["search_images"]]]
     tile = cfg["image_size"] if cfg["tiling"] == "on" else 0
     grid = candidate_grid(tile)
-    per_family = max(1, math.ceil(MIN_DEFECTS_PER_FAMILY / n_val))
+    per_family = max(1, round(MIN_DEFECTS_PER_FAMILY / n_val))
     v_images, kinds, masks, source = validation_set(val, per_family, method.rng_)
     return method._search(grid, bank, v_images, np.array(kinds), masks, np.array(source), FitContext())
 

