@@ -802,13 +802,10 @@ def score_distribution_figure(
     low, high, beyond = _score_axis(ctx, groups, threshold)
     pad = 0.04 * (high - low) or 1.0
     fig.update_xaxes(range=[low - pad, high + pad])
-    if beyond:
-        fig.add_annotation(
-            x=1, y=0, xref="paper", yref="paper", xanchor="right", yanchor="bottom", showarrow=False,
-            text=f"{beyond}, off the scale to the right →", font={"size": 11, "color": "#666666"},
-        )  # fmt: skip
+    if beyond:  # said under the axis, where it covers no point
+        fig.update_xaxes(title_text=f"anomaly score (higher = more anomalous)<br><sup>{beyond} lie further right</sup>")
     if threshold is not None:
-        _add_threshold(fig, threshold, high + pad)
+        _add_threshold(fig, threshold, low - pad, high + pad)
     return fig
 
 
@@ -830,7 +827,7 @@ def _score_axis(ctx: ScoreContext, groups: Sequence[str], threshold: float | Non
     return low, limit, f"{outside} synthetic score(s) up to {high:.3g}"
 
 
-def _add_threshold(fig: go.Figure, threshold: float, right: float) -> None:
+def _add_threshold(fig: go.Figure, threshold: float, left: float, right: float) -> None:
     # Vertically in paper coordinates, so the line spans every row whatever the y axis does.
     fig.add_shape(
         type="rect", xref="x", yref="paper", x0=threshold, x1=right, y0=0, y1=1,
@@ -842,7 +839,9 @@ def _add_threshold(fig: go.Figure, threshold: float, right: float) -> None:
     )  # fmt: skip
     fig.add_annotation(
         x=threshold, y=1, xref="x", yref="paper", yanchor="bottom", showarrow=False,
-        text=f"threshold {threshold:.4g} → flagged", xanchor="left", font={"size": 12},
+        # Written on the side of the line with room for it, so it is not cut off at the edge.
+        text=f"threshold {threshold:.4g} → flagged", xanchor="left" if threshold < (left + right) / 2 else "right",
+        font={"size": 12},
     )  # fmt: skip
 
 
@@ -1054,6 +1053,7 @@ def comparison_row(
     augmentations = [name for name, _ in (config.get("augmentations") or [])]
     return {
         "name": run_title(config, run_id),
+        "data": row["data"],  # beside the name: runs are comparable only on the same data
         "image AUROC": row["image AUROC"],
         "pixel AUROC": row["pixel AUROC"],
         "F1": None if point is None else point.f1,
@@ -1066,7 +1066,6 @@ def comparison_row(
         "image size": (config.get("params") or {}).get("image_size"),
         "device": (row["device"] or "").split(" (")[0],
         "training s": row["training s"],
-        "data": row["data"],
     }
 
 

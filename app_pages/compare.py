@@ -59,6 +59,11 @@ def entries() -> list[Entry]:
     return out
 
 
+# The runs table in two parts that each fit the page: how each run did, and how it was set up.
+RESULT_COLUMNS = ("name", "data", "image AUROC", "pixel AUROC", "F1", "recall", "false alarms", "threshold")
+SETUP_COLUMNS = ("name", "method", "augmentations", "key params", "image size", "device", "training s")
+
+
 def runs_table(items: list[Entry]) -> None:
     rows = [e.row for e in items]
     best = viz.best_per_column(rows)
@@ -84,20 +89,23 @@ def runs_table(items: list[Entry]) -> None:
     def highlight(column: pd.Series) -> list[str]:
         return [BEST_STYLE if i in best.get(column.name, ()) else "" for i in range(len(column))]
 
-    st.dataframe(
-        frame.style.apply(highlight, axis=0),
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "name": st.column_config.Column(pinned=True),
-            "F1": st.column_config.Column(help="F1 on the labelled test images at each run's chosen threshold."),
-            "recall": st.column_config.Column(help="Share of the labelled test defects flagged at the threshold."),
-            "false alarms": st.column_config.Column(help="Share of the normal test images flagged at the threshold."),
-            "threshold": st.column_config.Column(help="Each run's threshold: from the Scores page, saved, or default."),
-            "key params": st.column_config.Column(help="Method parameters that differ from the method's defaults."),
-        },
-        key="compare.table",
-    )
+    column_config = {
+        "name": st.column_config.Column(pinned=True),
+        "F1": st.column_config.Column(help="F1 on the labelled test images at each run's chosen threshold."),
+        "recall": st.column_config.Column(help="Share of the labelled test defects flagged at the threshold."),
+        "false alarms": st.column_config.Column(help="Share of the normal test images flagged at the threshold."),
+        "threshold": st.column_config.Column(help="Each run's threshold: from the Scores page, saved, or default."),
+        "key params": st.column_config.Column(help="Method parameters that differ from the method's defaults."),
+    }
+    for part, columns in (("results", RESULT_COLUMNS), ("setup", SETUP_COLUMNS)):
+        st.dataframe(
+            frame.style.apply(highlight, axis=0),
+            hide_index=True,
+            width="stretch",
+            column_order=columns,
+            column_config=column_config,
+            key=f"compare.table.{part}",
+        )
     st.caption(
         "Green: the best of each column among runs on the same data (highest AUROC, F1 and recall; fewest false "
         "alarms; fastest training); runs on different data are not comparable, so none of them is marked against "

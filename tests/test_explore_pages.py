@@ -109,6 +109,8 @@ def test_every_page_renders_for_a_labelled_run(runs, page):
     if page == "app_pages/compare.py":
         table = at.dataframe[0].value
         assert set(table["name"]) == {"labelled", "normal only"}
+        # Two tables that each fit the page: results (with the data beside the name), and set-up.
+        assert [list(d.proto.column_order)[:2] for d in at.dataframe] == [["name", "data"], ["name", "method"]]
 
 
 @pytest.mark.parametrize("page", PAGES)
