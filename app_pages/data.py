@@ -102,13 +102,20 @@ with upload_tab:
             }
             st.rerun()
     report = st.session_state.get("data.upload_report")
-    if report and report["root"] == str(image_set.root):
+    if report and not report.get("used", True):
+        del st.session_state["data.upload_report"]  # said once, right after the upload
+        n = len(report["skipped"])
+        st.error(
+            f"None of the {viz.plural(n, 'uploaded file')} can be used, so you are still working on "
+            f"{common.set_name(image_set)}. Why each was skipped:"
+        )
+        common.skipped_table(report["skipped"])
+    elif report and report["root"] == str(image_set.root):
         for name, reason in report["refused"]:
             st.error(f"{name}: {reason}")
-        st.success(
-            f"Uploaded set saved in `{image_set.root}` ({len(image_set.records)} usable images, "
-            f"{len(image_set.skipped)} skipped: see the list above)."
-        )
+        skipped = f"{len(image_set.skipped)} skipped: see the list above" if image_set.skipped else "none skipped"
+        st.success(f"Now working on the uploaded set **{common.set_name(image_set)}**: "
+                   f"{viz.plural(report['usable'], 'usable image')}, {skipped}.")  # fmt: skip
 
 with folder_tab:
     roots = common.data_roots()
