@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Sequence
@@ -33,7 +34,17 @@ from adcore.threshold import Threshold, same_scores, threshold_for
 
 APP_DIR = Path(__file__).resolve().parent.parent
 DEMO_DIR = APP_DIR / "sample_data"
-DATA_DIR = APP_DIR / "data"  # git-ignored
+DATA_DIR_ENV = "ADCORE_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    """Where uploads are kept: ``$ADCORE_DATA_DIR``, else a ``data`` folder beside the runs folder
+    (``runs/`` and ``data/`` side by side, both git-ignored when they are in the checkout)."""
+    configured = os.environ.get(DATA_DIR_ENV)
+    return Path(configured).expanduser().resolve() if configured else default_runs_dir().resolve().parent / "data"
+
+
+DATA_DIR = default_data_dir()
 UPLOADS_DIR = DATA_DIR / "uploads"
 SLIDER_MAX_INT_RANGE = 1000  # wider integer ranges (epochs, seeds) get a number box instead
 

@@ -434,3 +434,11 @@ def _png(seed: int = 0, mask: bool = False, spot: bool = False) -> bytes:
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+
+
+def test_uploads_are_kept_beside_the_runs_folder_or_where_adcore_data_dir_says(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADCORE_RUNS_DIR", str(tmp_path / "store" / "runs"))
+    monkeypatch.delenv("ADCORE_DATA_DIR", raising=False)
+    assert common.default_data_dir() == (tmp_path / "store" / "data").resolve()
+    monkeypatch.setenv("ADCORE_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert common.default_data_dir() == (tmp_path / "elsewhere").resolve()
