@@ -267,6 +267,10 @@ with run_col:
         problems.append(f"the image set has {len(normal_train)} normal training image(s); at least 2 are needed")
     for problem in problems:
         st.error(f"Cannot start: {problem}")
+    expected = catalog.estimate_training_seconds(
+        method_name, n_fit, n_scored, params, budget_s=budget_min * 60 or None, earlier_runs=earlier_runs
+    )
+    st.caption(f"Expected with these settings: {catalog.format_estimate(expected)} on this set.")
     if manager.active():
         st.caption("A job is running: a new one waits in the queue below.")
     start = st.button(

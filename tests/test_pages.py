@@ -280,6 +280,19 @@ def test_train_page_starts_from_the_augmentations_page_chain():
     assert at.multiselect(key="train.autoencoder.aug.names").value == ["cutpaste"]
 
 
+def test_train_says_how_long_the_chosen_settings_take_on_this_set():
+    at = train_page()
+
+    def expected() -> str:
+        return next(c.value for c in at.caption if c.value.startswith("Expected with these settings"))
+    default = expected()
+    set_train_params(at, epochs=2000)
+    at.run()
+    assert expected() != default and expected().endswith("h on this set.")
+    at.number_input(key="train.budget").set_value(1.0).run()  # the budget caps it
+    assert expected() == "Expected with these settings: about 1 min on this set."
+
+
 def test_train_settings_survive_a_visit_to_another_page():
     at = train_page()
     set_train_params(at, epochs=7, image_size=48)
