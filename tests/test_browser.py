@@ -1,13 +1,17 @@
 """End to end: the real app (`streamlit run app.py`) driven in headless Chromium with Playwright.
 
-Walks Data -> Augmentations -> Train, trains a small model, checks that the UI stays responsive
-while it trains and that a second tab sees the same job, then opens every Explore page on the new
-run (selects points on the embedding map, moves the threshold and checks the counts follow, shows a
+Starts on the home page (its four steps, then one click trains the recommended method on the demo
+set), uploads files none of which is usable (the demo set stays), walks Data -> Augmentations ->
+Train, trains a small model, checks that the UI stays responsive while it trains and that a second
+tab sees the same job, then opens every Explore page on the new run (clicks one point and lassoes
+others on the embedding map, moves the threshold and checks the counts follow, shows a
 reconstruction), and saves a full-page screenshot of each page to artifacts/screenshots/ to look at.
+Prints how long each interaction took to show its result (a benchmark table, not an assertion).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -16,8 +20,11 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+
+from adcore.catalog import RECOMMENDED_BUDGET_S
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,6 +39,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 TRAIN_TIMEOUT_MS = 180_000
+# One click trains the recommended method with its defaults; it stops at its time budget at the latest.
+RECOMMENDED_TIMEOUT_MS = (RECOMMENDED_BUDGET_S + 300) * 1000
 
 pytestmark = pytest.mark.browser
 
@@ -66,14 +75,14 @@ def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float 
     raise AssertionError(f"streamlit did not become healthy in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture
-def app_url(tmp_path):
-    """A Streamlit server for app.py on a free port, with its own runs folder; killed afterwards."""
+@contextlib.contextmanager
+def serve_app(runs_dir: Path, log: Path) -> Iterator[str]:
+    """A Streamlit server for app.py on a free port with ``runs_dir`` as its runs folder, logging to
+    ``log``; yields its URL and is stopped afterwards. Fails if it logged a traceback."""
     port = _free_port()
-    env = dict(os.environ, ADCORE_RUNS_DIR=str(tmp_path / "runs"))
+    env = dict(os.environ, ADCORE_RUNS_DIR=str(runs_dir))
     # On a small shared machine torch's spinning intra-op threads make training many times slower.
     env.setdefault("OMP_NUM_THREADS", "1")
-    log = tmp_path / "streamlit.log"
     command = [
         sys.executable, "-m", "streamlit", "run", "app.py",
         "--server.headless", "true",
@@ -96,6 +105,13 @@ def app_url(tmp_path):
             server.kill()
             server.wait()
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+@pytest.fixture
+def app_url(tmp_path):
+    """The app with its own runs folder, for one test."""
+    with serve_app(tmp_path / "runs", tmp_path / "streamlit.log") as url:
+        yield url
 
 
 def _page_ready(page, title: str) -> None:
@@ -137,9 +153,31 @@ def _go(page, title: str, heading: str | None = None) -> None:
     _page_ready(page, heading or title)
 
 
-def test_data_augment_train_in_a_browser(app_url):
+class Timings:
+    """Seconds from an action to its result on the page, per interaction, printed as a table."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, float]] = []
+
+    def measure(self, what: str, action, result) -> None:
+        """Run ``action()``, then wait for ``result()`` (a Playwright wait) and record the time taken."""
+        started = time.monotonic()
+        action()
+        result()
+        self.rows.append((what, time.monotonic() - started))
+
+    def table(self) -> str:
+        width = max(len(what) for what, _ in self.rows)
+        lines = [f"{'interaction':<{width}}  seconds", f"{'-' * width}  -------"]
+        lines += [f"{what:<{width}}  {seconds:7.2f}" for what, seconds in self.rows]
+        return "\n".join(lines)
+
+
+def test_data_augment_train_in_a_browser(app_url, tmp_path):
     _require_chromium()
     from playwright.sync_api import expect, sync_playwright
+
+    timings = Timings()
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -150,10 +188,43 @@ def test_data_augment_train_in_a_browser(app_url):
             sent = []  # when the browser sent something to the server (reruns, widget changes)
             page.on("websocket", lambda ws: ws.on("framesent", lambda _: sent.append(time.monotonic())))
 
-            # Data: the demo set is loaded from the start.
-            page.goto(app_url)
+            # Home: what the tool does and the four steps with their state for the demo set.
+            timings.measure("open the app (home page)", lambda: page.goto(app_url),
+                            lambda: _page_ready(page, "Anomaly Inspector"))  # fmt: skip
+            for step in ("1 · Data", "2 · Train", "3 · Threshold", "4 · Share"):
+                expect(page.get_by_role("heading", name=step)).to_be_visible()
+            expect(page.get_by_text("80 normal photos, 50 test photos with 30 masks in the demo set.")).to_be_visible()
+            expect(page.get_by_text("No run on this set yet.")).to_be_visible()
+            expect(page.get_by_text("Train a model first.")).to_be_visible()
+            _screenshot(page, "home")
+
+            # One click trains the recommended method; the Train page shows it until it finishes.
+            started = time.monotonic()
+            page.get_by_role("button", name="Train the recommended method on this set").click()
+            _page_ready(page, "Train")
+            expect(page.get_by_text("Finished in")).to_be_visible(timeout=RECOMMENDED_TIMEOUT_MS)
+            timings.rows.append(("one-click training of the recommended method", time.monotonic() - started))
+            expect(page.get_by_text(re.compile(r"loading \d+:\d\d · training \d+:\d\d"))).to_be_visible()
+            _screenshot(page, "train-recommended")
+            _go(page, "Home", "Anomaly Inspector")
+            expect(page.get_by_text("Latest run: recommended")).to_be_visible()
+            expect(page.get_by_text("Threshold not saved")).to_be_visible()
+            _screenshot(page, "home-after-training")
+
+            # Data: the demo set is the working set; an upload none of whose files is usable keeps it.
+            timings.measure("open the Data page", lambda: _go(page, "Data"),
+                            lambda: _metric_value(page, "Normal training images").wait_for())  # fmt: skip
+            assert _metric(page, "Normal training images") == "80"
+            bad = [tmp_path / "notes.png", tmp_path / "empty.jpg"]
+            bad[0].write_bytes(b"this is not a png")
+            bad[1].write_bytes(b"")
+            _upload(page, "Images or zip files", *bad)
+            page.get_by_role("button", name="Use the uploaded files").click()
+            expect(page.get_by_text("None of the 2 uploaded files can be used")).to_be_visible(timeout=30_000)
             _page_ready(page, "Data")
             assert _metric(page, "Normal training images") == "80"
+            expect(page.get_by_text("Now working on")).to_have_count(0)
+            _screenshot(page, "data-bad-upload")
             assert _metric(page, "Test images") == "50"
             assert _metric(page, "Defect classes") == "4"
             expect(page.get_by_text("No files skipped")).to_be_visible()
@@ -175,6 +246,8 @@ def test_data_augment_train_in_a_browser(app_url):
 
             # Train: a small autoencoder at 32 px, stopped by a 15 s time budget at the latest.
             _go(page, "Train")
+            page.get_by_text("Convolutional autoencoder", exact=True).click()
+            _page_ready(page, "Train")
             page.locator('input[type=range][aria-label="image size"]').press("Home")
             expect(page.get_by_text("at 32×32 px")).to_be_visible()
             for label, value in (("epochs", "40"), ("Time budget (minutes)", "0.25")):
@@ -215,19 +288,28 @@ def test_data_augment_train_in_a_browser(app_url):
             expect(page.get_by_test_id("stDataFrame")).to_have_count(1)
             _screenshot(page, "train")
 
-            _explore_the_run(page, expect)
+            _explore_the_run(page, expect, timings)
             _hand_it_on(browser, page, expect)
         finally:
             browser.close()
+            if timings.rows:
+                print("\n" + timings.table())
 
 
-def _explore_the_run(page, expect) -> None:
+def _explore_the_run(page, expect, timings: Timings) -> None:
     """Every Explore page on the run just trained (the Train page made it the selected run)."""
-    # Embeddings: a t-SNE map; a lasso round the left half of it lists those images beside it.
-    _go(page, "Embeddings")
+    # Embeddings: the t-SNE map stored with the run; a click on one point shows that image, a
+    # lasso round the left half of the map lists those images beside it.
     chart = page.get_by_test_id("stPlotlyChart").first
-    expect(chart).to_be_visible(timeout=60_000)
+    timings.measure("open Embeddings (map stored with the run)", lambda: _go(page, "Embeddings"),
+                    lambda: expect(chart).to_be_visible(timeout=60_000))  # fmt: skip
     page.wait_for_timeout(1000)
+    x, y = _visible_point(page, chart)
+    timings.measure("select one point on the map", lambda: page.mouse.click(x, y),
+                    lambda: expect(page.get_by_text(re.compile(r"^1 selected"))).to_be_visible(timeout=30_000))  # fmt: skip
+    _page_ready(page, "Embeddings")
+    _still_screenshot(page, "embeddings-one-point")
+    chart.locator('[data-title="Lasso Select"]').click()
     area = chart.locator(".nsewdrag").first.bounding_box()
     left, top, width, height = area["x"], area["y"], area["width"], area["height"]
     path = [(0.02, 0.02), (0.5, 0.02), (0.5, 0.98), (0.02, 0.98), (0.02, 0.03)]
@@ -235,22 +317,22 @@ def _explore_the_run(page, expect) -> None:
     page.mouse.down()
     for fx, fy in path[1:]:
         page.mouse.move(left + fx * width, top + fy * height, steps=8)
-    page.mouse.up()
-    expect(page.get_by_text("selected ·", exact=False)).to_be_visible(timeout=30_000)
+    timings.measure("lasso half of the map", page.mouse.up,
+                    lambda: expect(page.get_by_text(re.compile(r"^\d{2,} selected ·"))).to_be_visible(timeout=30_000))  # fmt: skip
     _page_ready(page, "Embeddings")
     _still_screenshot(page, "embeddings")
 
     # Scores & threshold: drive by score value; the slider's Home key flags every image, End none.
-    _go(page, "Scores & threshold")
-    expect(page.get_by_text("Set from 16 normal images held out from training")).to_be_visible()
+    timings.measure("open Scores & threshold", lambda: _go(page, "Scores & threshold"),
+                    lambda: expect(page.get_by_text("Set from 16 normal images held out from training")).to_be_visible())  # fmt: skip
     before = _metric(page, "False alarms")
     page.get_by_text("Score value", exact=True).click()
     # Until the fragment has rerun, the disabled slider that showed the implied value may linger.
     slider = page.locator('input[type=range][aria-label="Threshold (anomaly score; flagged at or above)"]:not([disabled])')
     expect(slider).to_have_count(1)
-    slider.press("Home")
     false_alarms = _metric_value(page, "False alarms")
-    expect(false_alarms).to_have_text("20 of 20")
+    timings.measure("move the threshold slider", lambda: slider.press("Home"),
+                    lambda: expect(false_alarms).to_have_text("20 of 20"))  # fmt: skip
     assert before != "20 of 20", f"the default threshold flags every normal test image ({before})"
     assert _metric(page, "Missed defects") == "0 of 30"
     expect(page.get_by_text("flags all 16 normal images held out from training")).to_be_visible()
@@ -271,15 +353,18 @@ def _explore_the_run(page, expect) -> None:
     expect(page.get_by_role("combobox", name=re.compile(r"^Image \("))).to_have_value(re.compile(re.escape(name)))
     page.get_by_text("Reconstruction", exact=True).click()
     expect(page.get_by_text("Reconstruction by the model")).to_be_visible(timeout=60_000)
-    page.get_by_role("button", name="Next").click()
+    picker = page.get_by_role("combobox", name=re.compile(r"^Image \("))
+    before_next = picker.input_value()
+    timings.measure("next image on Inspect", lambda: page.get_by_role("button", name="Next").click(),
+                    lambda: expect(picker).not_to_have_value(before_next))  # fmt: skip
     expect(page.get_by_text("Reconstruction by the model")).to_be_visible(timeout=60_000)
     _page_ready(page, "Inspect")
     expect(page.get_by_text("can no longer be read")).to_have_count(0)
     _still_screenshot(page, "inspect")
 
-    # Compare: one run so far; the presentation view shows big numbers.
+    # Compare: the two runs on the demo set; the presentation view shows big numbers.
     _go(page, "Compare", "Compare runs")
-    expect(page.get_by_test_id("stDataFrame")).to_have_count(1)
+    expect(page.get_by_test_id("stDataFrame")).to_have_count(2)  # results, and how each run was set up
     _still_screenshot(page, "compare")
     page.get_by_text("Presentation view").click()
     expect(page.get_by_test_id("stDataFrame")).to_have_count(0)
@@ -329,11 +414,22 @@ def _hand_it_on(browser, page, expect) -> None:
     _still_screenshot(page, "inspect-model-file")
 
 
-def _upload(page, label: str, path: Path) -> None:
-    """Choose ``path`` in the file uploader called ``label``, through its Upload button."""
+def _visible_point(page, chart) -> tuple[float, float]:
+    """Where one point of a plotly scatter is on the screen, after scrolling the plot into view."""
+    chart.locator(".nsewdrag").first.scroll_into_view_if_needed()
+    height = page.viewport_size["height"]
+    for point in chart.locator(".scatterlayer .trace .points path").all():
+        box = point.bounding_box()
+        if box and 0 < box["y"] and box["y"] + box["height"] < height:
+            return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    raise AssertionError("no point of the map is on the screen")
+
+
+def _upload(page, label: str, *paths: Path) -> None:
+    """Choose ``paths`` in the file uploader called ``label``, through its Upload button."""
     with page.expect_file_chooser() as chooser:
         page.get_by_role("region", name=label).get_by_role("button", name="Upload", exact=True).click()
-    chooser.value.set_files(str(path))
+    chooser.value.set_files([str(path) for path in paths])
 
 
 def _still_screenshot(page, name: str) -> None:
