@@ -374,10 +374,19 @@ code{background:#f6f8fa;padding:1px 4px;border-radius:4px}
 """
 
 
+# A figure is drawn as soon as its script is read, before the figures after it exist: one that shares
+# a row with the next one was sized for the whole row and would hide under its neighbour. Once the
+# page is complete every figure is sized again to the box it really has.
+RESIZE_SCRIPT = (
+    "window.addEventListener('load',function(){document.querySelectorAll('.js-plotly-plot')"
+    ".forEach(function(f){Plotly.Plots.resize(f);});});"
+)
+
+
 def _page(title: str, body: str) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         f"<title>{html.escape(title)} · anomaly detection report</title>"
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
-        f"<body>{body}</body></html>\n"
+        f"<body>{body}<script>{RESIZE_SCRIPT}</script></body></html>\n"
     )

@@ -1009,9 +1009,9 @@ def embedding_figure(
     # the point under it; in a box or lasso mode (chosen from the tool bar) clicks select nothing.
     if three:
         fig.update_layout(dragmode="orbit")
-    if not three:
-        fig.update_xaxes(showticklabels=False, title=None)
-        fig.update_yaxes(showticklabels=False, title=None)
+    if not three:  # a map's axes mean nothing: no numbers, and no zero lines across it
+        fig.update_xaxes(showticklabels=False, title=None, zeroline=False)
+        fig.update_yaxes(showticklabels=False, title=None, zeroline=False)
     return fig
 
 

@@ -112,5 +112,7 @@ def test_report_figures_make_room_for_their_labels_and_ask_for_no_dragging(run_d
     for _, layout in figures[:3]:  # distributions, ROC, PR: tick labels and group names fit in their margins
         assert layout.count('"automargin":true') >= 2, layout[:300]
     assert "drag the axis" not in page
+    # ROC and PR share a row: once the page is complete each is sized to its half, not the whole row.
+    assert re.search(r"<script>window\.addEventListener\('load'.*Plotly\.Plots\.resize", page)
     total = viz.format_seconds(load_run(run_dir).config["total_seconds"])
     assert re.search(rf"Run time</th><td>{total} \(loading \d+:\d\d · training \d+:\d\d · scoring", page)
