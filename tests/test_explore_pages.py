@@ -274,11 +274,17 @@ def test_compare_highlights_and_presents(runs):
     at = open_page("app_pages/compare.py", runs["labelled"])
     assert at.multiselect(key="compare.runs").value[0] == runs["labelled"]
     assert len(at.multiselect(key="compare.runs").value) == 2
+    # The two runs were trained on different data: nothing is marked best across them, and both views say so.
+    styles = [d.proto.arrow_data.styler.styles for d in at.dataframe]
+    assert not any("background" in style for style in styles), "no 'best' across different data"
+    caveat = "Not comparable: these runs were trained and tested on different data"
+    assert caveat in " ".join(w.value for w in at.warning)
     rerun(at.segmented_control(key="compare.view").set_value("roc"))
     assert at.get("plotly_chart")
     rerun(at.toggle(key="compare.presentation").set_value(True))
     assert not at.dataframe and not at.multiselect, "the presentation view hides the table and controls"
     assert "Image AUROC" in {m.label for m in at.metric}
+    assert caveat in " ".join(w.value for w in at.warning), "the caveat stays in the presentation view"
 
 
 # --- pure helpers (adcore.viz) --------------------------------------------------------------------
