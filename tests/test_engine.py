@@ -107,7 +107,9 @@ def test_train_run_writes_a_complete_run(tiny_set, tmp_path):
     assert {g: len(v) for g, v in snapshots[-1]["scores"].items()} == {
         "hold-out normal": 2, "synthetic cutpaste": 2, "synthetic cutpaste scar": 2
     }
-    assert set(run.config["metrics"]) == {"image_auroc", "image_aupr", "image_f1_max", "pixel_auroc"}
+    assert set(run.config["metrics"]) == {
+        "image_auroc", "image_aupr", "image_f1_max", "pixel_auroc", "pixel_pro", "hit_rate", "hit_rate_images"
+    }
     assert not any(p.name.startswith(".") for p in (tmp_path / "runs").iterdir())
 
 
