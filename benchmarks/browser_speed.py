@@ -32,7 +32,7 @@ from adcore.projection import DEFAULT_MAP_KEY  # noqa: E402
 from adcore.runs import new_run_id, write_run  # noqa: E402
 from adcore.scoring import image_metrics  # noqa: E402
 from tests.test_browser import (  # noqa: E402
-    CHROMIUM, CHROMIUM_ARGS, Timings, _go, _metric_value, _page_ready, _visible_point, serve_app,
+    CHROMIUM, CHROMIUM_ARGS, Timings, _fresh, _metric_value, _nav, _opened, _page_ready, _visible_point, serve_app,
 )
 
 DEMO = ROOT / "sample_data"
@@ -93,17 +93,19 @@ def measure(url: str, n: int, full: bool) -> list[tuple[str, float]]:
             page.set_default_timeout(120_000)
             timings.measure("load the app in a new browser (home page)", lambda: page.goto(url),
                             lambda: _page_ready(page, "Anomaly Inspector"))  # fmt: skip
-            chart = page.get_by_test_id("stPlotlyChart").first
-            timings.measure(f"open Embeddings ({n} points)", lambda: _go(page, "Embeddings"),
-                            lambda: expect(chart).to_be_visible())  # fmt: skip
+            chart = _fresh(page, "stPlotlyChart").first
+            timings.measure(f"open Embeddings ({n} points)", lambda: _nav(page, "Embeddings"),
+                            lambda: _opened(page, "Embeddings", chart))  # fmt: skip
+            _page_ready(page, "Embeddings")
             if full:
                 page.wait_for_timeout(1000)
                 x, y = _visible_point(page, chart)
                 timings.measure("select one point on the map", lambda: page.mouse.click(x, y),
                                 lambda: expect(page.get_by_text("1 selected", exact=False)).to_be_visible())  # fmt: skip
                 alarms = _metric_value(page, "False alarms")
-                timings.measure("open Scores & threshold", lambda: _go(page, "Scores & threshold"),
-                                lambda: expect(alarms).to_be_visible())  # fmt: skip
+                timings.measure("open Scores & threshold", lambda: _nav(page, "Scores & threshold"),
+                                lambda: _opened(page, "Scores & threshold", alarms))  # fmt: skip
+                _page_ready(page, "Scores & threshold")
                 page.get_by_text("Score value", exact=True).click()
                 slider = page.locator('input[type=range][aria-label^="Threshold (anomaly score"]:not([disabled])')
                 expect(slider).to_have_count(1)
@@ -111,13 +113,14 @@ def measure(url: str, n: int, full: bool) -> list[tuple[str, float]]:
                 timings.measure("move the threshold slider", lambda: slider.press("Home"),
                                 lambda: expect(alarms).not_to_have_text(before))  # fmt: skip
                 picker = page.get_by_role("combobox", name="Image (", exact=False)
-                timings.measure("open Inspect", lambda: _go(page, "Inspect"), lambda: expect(picker).to_be_visible())
+                timings.measure("open Inspect", lambda: _nav(page, "Inspect"), lambda: _opened(page, "Inspect", picker))
+                _page_ready(page, "Inspect")
                 before = picker.input_value()
                 timings.measure("next image on Inspect", lambda: page.get_by_role("button", name="Next").click(),
                                 lambda: expect(picker).not_to_have_value(before))  # fmt: skip
-                table = page.get_by_test_id("stDataFrame").first
-                timings.measure("open Compare", lambda: _go(page, "Compare", "Compare runs"),
-                                lambda: expect(table).to_be_visible())  # fmt: skip
+                table = _fresh(page, "stDataFrame").first
+                timings.measure("open Compare", lambda: _nav(page, "Compare"),
+                                lambda: _opened(page, "Compare runs", table))  # fmt: skip
         finally:
             browser.close()
     return timings.rows

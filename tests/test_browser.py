@@ -149,8 +149,25 @@ def _metric(page, label: str) -> str:
 
 
 def _go(page, title: str, heading: str | None = None) -> None:
-    page.get_by_test_id("stSidebarNavLink").filter(has_text=title).click()
+    _nav(page, title)
     _page_ready(page, heading or title)
+
+
+def _nav(page, title: str) -> None:
+    """Click the sidebar link to page ``title`` (without waiting for the page)."""
+    page.get_by_test_id("stSidebarNavLink").filter(has_text=title).click()
+
+
+def _fresh(page, test_id: str):
+    """Elements ``test_id`` of the page as it is now drawn, not stale copies of the page before."""
+    fresh = page.locator('[data-testid="stElementContainer"]:not([data-stale="true"])')
+    return fresh.filter(has=page.get_by_test_id(test_id)).get_by_test_id(test_id)
+
+
+def _opened(page, heading: str, result) -> None:
+    """Wait until page ``heading`` shows ``result`` (a locator), for timing how long a page takes to open."""
+    page.get_by_role("heading", name=heading, level=1).wait_for()
+    result.first.wait_for()
 
 
 class Timings:
@@ -212,8 +229,9 @@ def test_data_augment_train_in_a_browser(app_url, tmp_path):
             _screenshot(page, "home-after-training")
 
             # Data: the demo set is the working set; an upload none of whose files is usable keeps it.
-            timings.measure("open the Data page", lambda: _go(page, "Data"),
-                            lambda: _metric_value(page, "Normal training images").wait_for())  # fmt: skip
+            timings.measure("open the Data page", lambda: _nav(page, "Data"),
+                            lambda: _opened(page, "Data", _metric_value(page, "Normal training images")))  # fmt: skip
+            _page_ready(page, "Data")
             assert _metric(page, "Normal training images") == "80"
             bad = [tmp_path / "notes.png", tmp_path / "empty.jpg"]
             bad[0].write_bytes(b"this is not a png")
@@ -300,9 +318,10 @@ def _explore_the_run(page, expect, timings: Timings) -> None:
     """Every Explore page on the run just trained (the Train page made it the selected run)."""
     # Embeddings: the t-SNE map stored with the run; a click on one point shows that image, a
     # lasso round the left half of the map lists those images beside it.
-    chart = page.get_by_test_id("stPlotlyChart").first
-    timings.measure("open Embeddings (map stored with the run)", lambda: _go(page, "Embeddings"),
-                    lambda: expect(chart).to_be_visible(timeout=60_000))  # fmt: skip
+    chart = _fresh(page, "stPlotlyChart").first
+    timings.measure("open Embeddings (map stored with the run)", lambda: _nav(page, "Embeddings"),
+                    lambda: _opened(page, "Embeddings", chart))  # fmt: skip
+    _page_ready(page, "Embeddings")
     page.wait_for_timeout(1000)
     x, y = _visible_point(page, chart)
     timings.measure("select one point on the map", lambda: page.mouse.click(x, y),
@@ -323,8 +342,10 @@ def _explore_the_run(page, expect, timings: Timings) -> None:
     _still_screenshot(page, "embeddings")
 
     # Scores & threshold: drive by score value; the slider's Home key flags every image, End none.
-    timings.measure("open Scores & threshold", lambda: _go(page, "Scores & threshold"),
-                    lambda: expect(page.get_by_text("Set from 16 normal images held out from training")).to_be_visible())  # fmt: skip
+    timings.measure("open Scores & threshold", lambda: _nav(page, "Scores & threshold"),
+                    lambda: _opened(page, "Scores & threshold", _metric_value(page, "False alarms")))  # fmt: skip
+    _page_ready(page, "Scores & threshold")
+    expect(page.get_by_text("Set from 16 normal images held out from training")).to_be_visible()
     before = _metric(page, "False alarms")
     page.get_by_text("Score value", exact=True).click()
     # Until the fragment has rerun, the disabled slider that showed the implied value may linger.
