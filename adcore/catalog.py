@@ -36,7 +36,9 @@ class Entry:
 
 
 CATALOG: dict[str, Entry] = {
-    "auto": Entry(RECOMMENDED, "a first model of any part: it sets itself up from the photos", 0.1, 0.08),
+    "auto": Entry(
+        RECOMMENDED, "a first model of any part: it sets itself up from the photos", 0.1, 0.08, uses_augmentations=False
+    ),
     "patchcore": Entry(
         "Pretrained features", "fine surface defects (scratches, dents, spots) on few photos, with a map",
         0.025, 0.07, uses_augmentations=False,

@@ -78,3 +78,13 @@ def test_the_methods_said_to_rebuild_images_are_the_autoencoder_family():
 
     for name in METHODS.names():
         assert catalog.entry(name).reconstructs == issubclass(get_method_class(name), Autoencoder), name
+
+
+def test_a_method_said_to_use_no_augmentations_has_none_by_default_and_says_so():
+    from adcore.methods import get_method_class
+
+    for name in METHODS.names():
+        method = get_method_class(name)
+        if not catalog.entry(name).uses_augmentations:
+            assert method.default_augmentations == [], name
+            assert method.augmentation_role.startswith("Not used"), name
