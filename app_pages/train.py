@@ -48,9 +48,10 @@ def show_running(job: Job) -> None:
     c4, c5, c6 = st.columns(3)
     c4.metric("Elapsed", viz.format_seconds(time.time() - job.started if job.started else None))
     c5.metric(
-        f"Time left in {p.phase}",
+        "Time left",
         viz.format_seconds(p.eta_s),
-        help="From how fast this phase has gone so far; later phases (scoring, the embedding map) come after.",
+        help=f"In this phase ({p.phase}), from how fast it has gone so far; the phases after it "
+        "(scoring, the embedding map) come on top.",
     )
     if epochs:
         c6.metric("Device", (job.device or "–").split(" (")[0], help=job.device or None)
