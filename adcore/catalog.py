@@ -55,7 +55,9 @@ CATALOG: dict[str, Entry] = {
         "Self-supervised from scratch", "textured surfaces with many normal photos, with a fine map",
         0.15, 0.06, uses_augmentations=False,
     ),
-    "cutpaste": Entry("Self-supervised from scratch", "local defects on regular textures, given time to train", 0.15, 0.05),
+    "cutpaste": Entry(
+        "Self-supervised from scratch", "local defects on regular textures, given time to train", 0.15, 0.05
+    ),
     "contrastive": Entry(
         "Self-supervised from scratch", "whole-photo differences when many normal photos vary; no map", 0.15, 0.03
     ),

@@ -12,6 +12,8 @@ image_set = common.current_image_set()
 manager = common.job_manager()
 on_set = common.runs_on_set(image_set)  # newest first
 latest_id, latest = on_set[0] if on_set else (None, None)
+if latest_id is not None and st.session_state.get("selected_run") not in {run_id for run_id, _ in on_set}:
+    st.session_state["selected_run"] = latest_id  # the Threshold and Share steps open a run of this set
 recommended = get_method_class(DEFAULT_METHOD)
 n_scored = len(image_set.normal_train) + len(image_set.test)
 estimate = catalog.estimate_training_seconds(
@@ -56,7 +58,8 @@ with columns[0]:
 active = [job for job in manager.active() if job.spec.data == str(image_set.root)]
 if active:
     job = active[0]
-    train_state = f"Training {get_method_class(job.spec.method).title}: {job.progress.fraction:.0%} of {job.progress.phase}."
+    progress = job.progress
+    train_state = f"Training {get_method_class(job.spec.method).title}: {progress.fraction:.0%} of {progress.phase}."
 elif latest is not None:
     auroc = (latest.get("metrics") or {}).get("image_auroc")
     train_state = f"Latest run: **{viz.run_title(latest, latest_id)}**, {get_method_class(latest['method']).title}" + (

@@ -100,8 +100,9 @@ def measure(url: str, n: int, full: bool) -> list[tuple[str, float]]:
             if full:
                 page.wait_for_timeout(1000)
                 x, y = _visible_point(page, chart)
+                selected = page.get_by_text("1 selected", exact=False)
                 timings.measure("select one point on the map", lambda: page.mouse.click(x, y),
-                                lambda: expect(page.get_by_text("1 selected", exact=False)).to_be_visible())  # fmt: skip
+                                lambda: expect(selected).to_be_visible())  # fmt: skip
                 alarms = _metric_value(page, "False alarms")
                 timings.measure("open Scores & threshold", lambda: _nav(page, "Scores & threshold"),
                                 lambda: _opened(page, "Scores & threshold", alarms))  # fmt: skip

@@ -324,8 +324,9 @@ def _explore_the_run(page, expect, timings: Timings) -> None:
     _page_ready(page, "Embeddings")
     page.wait_for_timeout(1000)
     x, y = _visible_point(page, chart)
+    one = page.get_by_text(re.compile(r"^1 selected"))
     timings.measure("select one point on the map", lambda: page.mouse.click(x, y),
-                    lambda: expect(page.get_by_text(re.compile(r"^1 selected"))).to_be_visible(timeout=30_000))  # fmt: skip
+                    lambda: expect(one).to_be_visible(timeout=30_000))  # fmt: skip
     _page_ready(page, "Embeddings")
     _still_screenshot(page, "embeddings-one-point")
     chart.locator('[data-title="Lasso Select"]').click()
@@ -336,8 +337,8 @@ def _explore_the_run(page, expect, timings: Timings) -> None:
     page.mouse.down()
     for fx, fy in path[1:]:
         page.mouse.move(left + fx * width, top + fy * height, steps=8)
-    timings.measure("lasso half of the map", page.mouse.up,
-                    lambda: expect(page.get_by_text(re.compile(r"^\d{2,} selected ·"))).to_be_visible(timeout=30_000))  # fmt: skip
+    many = page.get_by_text(re.compile(r"^\d{2,} selected ·"))
+    timings.measure("lasso half of the map", page.mouse.up, lambda: expect(many).to_be_visible(timeout=30_000))
     _page_ready(page, "Embeddings")
     _still_screenshot(page, "embeddings")
 

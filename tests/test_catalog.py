@@ -38,10 +38,13 @@ def test_the_self_configuring_method_is_recommended_even_before_it_exists():
 
 
 def test_estimate_grows_with_images_epochs_and_image_size():
-    base = catalog.estimate_training_seconds("autoencoder", 100, params={"epochs": 10, "image_size": 64})
-    assert catalog.estimate_training_seconds("autoencoder", 200, params={"epochs": 10, "image_size": 64}) == pytest.approx(2 * base)
-    assert catalog.estimate_training_seconds("autoencoder", 100, params={"epochs": 20, "image_size": 64}) == pytest.approx(2 * base)
-    assert catalog.estimate_training_seconds("autoencoder", 100, params={"epochs": 10, "image_size": 128}) == pytest.approx(4 * base)
+    def seconds(n: int, epochs: int, size: int) -> float:
+        return catalog.estimate_training_seconds("autoencoder", n, params={"epochs": epochs, "image_size": size})
+
+    base = seconds(100, 10, 64)
+    assert seconds(200, 10, 64) == pytest.approx(2 * base)
+    assert seconds(100, 20, 64) == pytest.approx(2 * base)
+    assert seconds(100, 10, 128) == pytest.approx(4 * base)
     # Without params: the method's defaults (40 epochs at 128 px).
     rate = catalog.CATALOG["autoencoder"].train_s
     assert catalog.estimate_training_seconds("autoencoder", 50) == pytest.approx(40 * 50 * rate)
@@ -58,10 +61,14 @@ def test_estimate_uses_the_rate_measured_by_earlier_runs_and_the_budget():
     earlier = [run(100.0), run(300.0, stopped_by_budget=True), {**run(1.0), "method": "patchcore"}]
     assert catalog.measured_rate("autoencoder", earlier) == pytest.approx(100.0 / (10 * 50))
     # The same set again, 64 px instead of 128: a quarter of the measured time.
-    again = catalog.estimate_training_seconds("autoencoder", 50, params={"epochs": 10, "image_size": 64}, earlier_runs=earlier)
+    again = catalog.estimate_training_seconds(
+        "autoencoder", 50, params={"epochs": 10, "image_size": 64}, earlier_runs=earlier
+    )
     assert again == pytest.approx(25.0)
     assert catalog.measured_rate("memae", earlier) is None
-    capped = catalog.estimate_training_seconds("autoencoder", 50, 10, params={"epochs": 10}, budget_s=30, earlier_runs=earlier)
+    capped = catalog.estimate_training_seconds(
+        "autoencoder", 50, 10, params={"epochs": 10}, budget_s=30, earlier_runs=earlier
+    )
     assert capped == pytest.approx(30 + 10 * catalog.CATALOG["autoencoder"].score_s)
 
 
