@@ -29,7 +29,7 @@ def tiny_set(tmp_path):
 
 def test_registry_lists_default_and_rejects_unknown_names():
     assert DEFAULT_METHOD in [cls.name for cls in list_methods()]
-    assert get_method_class(DEFAULT_METHOD) is Autoencoder
+    assert DEFAULT_METHOD == "auto"  # the self-configuring PatchCore; tests/test_auto.py covers it
     with pytest.raises(ValueError, match=r"unknown method 'nope'; known: .*autoencoder"):
         get_method_class("nope")
 
@@ -80,7 +80,7 @@ def test_holdout_split_is_disjoint_deterministic_and_keeps_two_for_fitting():
 def test_train_run_writes_a_complete_run(tiny_set, tmp_path):
     events = []
     run_dir = train_run(
-        TrainSpec(data=str(tiny_set), params=TINY), tmp_path / "runs", on_progress=events.append
+        TrainSpec(method="autoencoder", data=str(tiny_set), params=TINY), tmp_path / "runs", on_progress=events.append
     )
     run = load_run(run_dir)
     assert run.config["method"] == "autoencoder" and run.config["params"]["epochs"] == 2
@@ -114,8 +114,8 @@ def test_train_run_writes_a_complete_run(tiny_set, tmp_path):
 
 
 def test_same_seed_gives_same_scores_and_save_load_round_trips(tiny_set, tmp_path):
-    a = load_run(train_run(TrainSpec(data=str(tiny_set), params=TINY), tmp_path / "runs"))
-    b = load_run(train_run(TrainSpec(data=str(tiny_set), params=TINY), tmp_path / "runs"))
+    a = load_run(train_run(TrainSpec(method="autoencoder", data=str(tiny_set), params=TINY), tmp_path / "runs"))
+    b = load_run(train_run(TrainSpec(method="autoencoder", data=str(tiny_set), params=TINY), tmp_path / "runs"))
     np.testing.assert_array_equal(a.results["score"], b.results["score"])
 
     method = a.load_method()
@@ -156,7 +156,7 @@ def test_budget_stops_training_cleanly():
 
 def test_job_finishes_and_lists_its_run(tiny_set, tmp_path):
     manager = JobManager(tmp_path / "runs")
-    job = manager.submit(TrainSpec(data=str(tiny_set), params=TINY))
+    job = manager.submit(TrainSpec(method="autoencoder", data=str(tiny_set), params=TINY))
     manager.wait(job, timeout=120)
     assert job.status == FINISHED, job.error
     assert job.run_dir is not None and job.run_dir.parent == tmp_path / "runs"
@@ -167,9 +167,9 @@ def test_job_finishes_and_lists_its_run(tiny_set, tmp_path):
 
 def test_job_cancelled_midway_leaves_no_run_and_earlier_runs_intact(tiny_set, tmp_path):
     manager = JobManager(tmp_path / "runs")
-    first = manager.wait(manager.submit(TrainSpec(data=str(tiny_set), params=TINY)), timeout=120)
+    first = manager.wait(manager.submit(TrainSpec(method="autoencoder", data=str(tiny_set), params=TINY)), timeout=120)
     assert first.status == FINISHED
-    job = manager.submit(TrainSpec(data=str(tiny_set), params={**TINY, "epochs": 2000}))
+    job = manager.submit(TrainSpec(method="autoencoder", data=str(tiny_set), params={**TINY, "epochs": 2000}))
     deadline = time.monotonic() + 60
     while not job.progress.losses and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -183,8 +183,8 @@ def test_job_cancelled_midway_leaves_no_run_and_earlier_runs_intact(tiny_set, tm
 
 def test_jobs_run_one_at_a_time_and_queue_the_rest(tiny_set, tmp_path):
     manager = JobManager(tmp_path / "runs")
-    a = manager.submit(TrainSpec(data=str(tiny_set), params={**TINY, "epochs": 2000}))
-    b = manager.submit(TrainSpec(data=str(tiny_set), params=TINY))
+    a = manager.submit(TrainSpec(method="autoencoder", data=str(tiny_set), params={**TINY, "epochs": 2000}))
+    b = manager.submit(TrainSpec(method="autoencoder", data=str(tiny_set), params=TINY))
     deadline = time.monotonic() + 60
     while a.status != "running" and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -196,9 +196,9 @@ def test_jobs_run_one_at_a_time_and_queue_the_rest(tiny_set, tmp_path):
 
 def test_removing_a_queued_job_ends_it_at_once_and_the_next_one_still_runs(tiny_set, tmp_path):
     manager = JobManager(tmp_path / "runs")
-    a = manager.submit(TrainSpec(data=str(tiny_set), params={**TINY, "epochs": 2000}))
-    b = manager.submit(TrainSpec(data=str(tiny_set), params=TINY))
-    c = manager.submit(TrainSpec(data=str(tiny_set), params=TINY))
+    a = manager.submit(TrainSpec(method="autoencoder", data=str(tiny_set), params={**TINY, "epochs": 2000}))
+    b = manager.submit(TrainSpec(method="autoencoder", data=str(tiny_set), params=TINY))
+    c = manager.submit(TrainSpec(method="autoencoder", data=str(tiny_set), params=TINY))
     deadline = time.monotonic() + 60
     while a.status != "running" and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -218,13 +218,13 @@ def test_job_whose_fit_raises_reports_the_error(tiny_set, tmp_path, monkeypatch)
 
     monkeypatch.setattr(Autoencoder, "_fit", broken_fit)
     manager = JobManager(tmp_path / "runs")
-    job = manager.wait(manager.submit(TrainSpec(data=str(tiny_set), params=TINY)), timeout=60)
+    job = manager.wait(manager.submit(TrainSpec(method="autoencoder", data=str(tiny_set), params=TINY)), timeout=60)
     assert job.status == FAILED
     assert "the network exploded" in job.error and "Traceback" in job.traceback
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     # The worker survives a failure and runs the next job.
     monkeypatch.undo()
-    assert manager.wait(manager.submit(TrainSpec(data=str(tiny_set), params=TINY)), timeout=120).status == FINISHED
+    assert manager.wait(manager.submit(TrainSpec(method="autoencoder", data=str(tiny_set), params=TINY)), timeout=120).status == FINISHED
 
 
 def test_out_of_memory_error_suggests_a_smaller_batch(tiny_set, tmp_path, monkeypatch):
@@ -233,13 +233,13 @@ def test_out_of_memory_error_suggests_a_smaller_batch(tiny_set, tmp_path, monkey
 
     monkeypatch.setattr(Autoencoder, "_fit", oom)
     manager = JobManager(tmp_path / "runs")
-    job = manager.wait(manager.submit(TrainSpec(data=str(tiny_set), params=TINY)), timeout=60)
+    job = manager.wait(manager.submit(TrainSpec(method="autoencoder", data=str(tiny_set), params=TINY)), timeout=60)
     assert job.status == FAILED and "smaller batch_size or image_size" in job.error
 
 
 def test_broken_run_folders_are_skipped_with_a_reason(tiny_set, tmp_path):
     root = tmp_path / "runs"
-    good = train_run(TrainSpec(data=str(tiny_set), params=TINY), root)
+    good = train_run(TrainSpec(method="autoencoder", data=str(tiny_set), params=TINY), root)
     missing = root / "missing-state"
     missing.mkdir()
     for name in ("config.json", "history.json", "results.npz"):
@@ -260,7 +260,7 @@ def test_broken_run_folders_are_skipped_with_a_reason(tiny_set, tmp_path):
 
 def test_cli_train_then_score_in_a_fresh_process(tiny_set, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--data", str(tiny_set), "--out", str(out), "--image-size", "32"]
+    args = ["train", "--method", "autoencoder", "--data", str(tiny_set), "--out", str(out), "--image-size", "32"]
     args += [f"--param={k}={v}" for k, v in TINY.items() if k != "image_size"]
     assert cli_main(args) == 0
     assert json.loads((out / "config.json").read_text())["params"]["image_size"] == 32
@@ -277,12 +277,12 @@ def test_cli_train_then_score_in_a_fresh_process(tiny_set, tmp_path, capsys):
 def test_cli_rejects_unknown_params_clearly(tiny_set, tmp_path, capsys):
     code = cli_main(["train", "--data", str(tiny_set), "--out", str(tmp_path / "r"), "--param", "depth=3"])
     assert code == 2
-    assert "autoencoder has no parameter 'depth'" in capsys.readouterr().err
+    assert "auto has no parameter 'depth'" in capsys.readouterr().err  # the default method names itself
 
 
 def test_truncated_results_file_is_reported_not_crashing(tiny_set, tmp_path):
     root = tmp_path / "runs"
-    good = train_run(TrainSpec(data=str(tiny_set), params=TINY), root)
+    good = train_run(TrainSpec(method="autoencoder", data=str(tiny_set), params=TINY), root)
     data = (good / "results.npz").read_bytes()
     (good / "results.npz").write_bytes(data[: len(data) // 2])
     runs, broken = list_runs(root)
@@ -290,9 +290,9 @@ def test_truncated_results_file_is_reported_not_crashing(tiny_set, tmp_path):
 
 
 def test_budget_flag_is_set_only_when_training_was_cut_short(tiny_set, tmp_path):
-    full = load_run(train_run(TrainSpec(data=str(tiny_set), params=TINY, budget_s=600), tmp_path / "runs"))
+    full = load_run(train_run(TrainSpec(method="autoencoder", data=str(tiny_set), params=TINY, budget_s=600), tmp_path / "runs"))
     assert full.config["stopped_by_budget"] is False
-    cut = TrainSpec(data=str(tiny_set), params={**TINY, "epochs": 2000}, budget_s=1.0)
+    cut = TrainSpec(method="autoencoder", data=str(tiny_set), params={**TINY, "epochs": 2000}, budget_s=1.0)
     assert load_run(train_run(cut, tmp_path / "runs")).config["stopped_by_budget"] is True
 
 
@@ -313,7 +313,7 @@ def test_time_left_is_estimated_from_each_phase_s_own_rate(monkeypatch):
 
     clock = [1000.0]
     monkeypatch.setattr(jobs.time, "monotonic", lambda: clock[0])
-    job = jobs.Job(spec=TrainSpec(data="unused"))
+    job = jobs.Job(spec=TrainSpec(method="autoencoder", data="unused"))
     job._on_progress({"phase": "training", "step": 0, "total_steps": 20, "elapsed_s": 0.0})
     clock[0] += 100
     job._on_progress({"phase": "training", "step": 10, "total_steps": 20, "images": 160, "elapsed_s": 100.0})

@@ -39,8 +39,8 @@ def runs(tmp_path_factory):
         labelled = make_tiny_mvtec(root / "labelled")
         normal = make_tiny_mvtec(root / "normal", n_train=20, n_defect=0)
         paths = {
-            "labelled": train_run(TrainSpec(data=str(labelled), params=TINY, name="labelled"), root / "runs"),
-            "normal": train_run(TrainSpec(data=str(normal), params=TINY, name="normal only"), root / "runs"),
+            "labelled": train_run(TrainSpec(method="autoencoder", data=str(labelled), params=TINY, name="labelled"), root / "runs"),
+            "normal": train_run(TrainSpec(method="autoencoder", data=str(normal), params=TINY, name="normal only"), root / "runs"),
         }
         st.cache_resource.clear()
         st.cache_data.clear()

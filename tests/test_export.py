@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
     """One tiny run and its exported model file, shared by the tests of this module."""
     root = tmp_path_factory.mktemp("export")
     data = make_tiny_mvtec(root / "set")
-    run_dir = train_run(TrainSpec(data=str(data), params=TINY), root / "runs")
+    run_dir = train_run(TrainSpec(method="autoencoder", data=str(data), params=TINY), root / "runs")
     model_path = root / "model.adcore"
     assert cli_main(["export", "--run", str(run_dir), "--out", str(model_path)]) == 0
     return {"data": data, "run": run_dir, "model": model_path}

@@ -43,7 +43,7 @@ def tiny(tmp_path_factory):
     """A tiny MVTec-layout set and one run trained on it, shared (read-only) by the tests."""
     root = tmp_path_factory.mktemp("faults")
     data = make_tiny_mvtec(root / "set", n_train=8, n_test_good=2, n_defect=2, size=32)
-    run = train_run(TrainSpec(data=str(data), params=TINY, name="tiny"), root / "runs")
+    run = train_run(TrainSpec(method="autoencoder", data=str(data), params=TINY, name="tiny"), root / "runs")
     return {"data": data, "run": run}
 
 
@@ -142,14 +142,14 @@ def test_a_full_disk_while_a_job_writes_its_run_fails_the_job_clearly(tiny, tmp_
     before = {p: p.read_bytes() for p in earlier.iterdir()}
     manager = JobManager(root)
     full_disk(monkeypatch, root)
-    job = manager.wait(manager.submit(TrainSpec(data=str(tiny["data"]), params=TINY)), timeout=TIMEOUT_S)
+    job = manager.wait(manager.submit(TrainSpec(method="autoencoder", data=str(tiny["data"]), params=TINY)), timeout=TIMEOUT_S)
     monkeypatch.undo()
     assert job.status == FAILED
     assert job.error.startswith("The disk is full: no space left to write"), job.error
     assert sorted(p.name for p in root.iterdir()) == [earlier.name], "no half-written run, hidden or not"
     assert {p: p.read_bytes() for p in earlier.iterdir()} == before, "the earlier run is untouched"
     # The worker survives and the next job (disk freed) finishes.
-    assert manager.wait(manager.submit(TrainSpec(data=str(tiny["data"]), params=TINY)), timeout=TIMEOUT_S).status == FINISHED
+    assert manager.wait(manager.submit(TrainSpec(method="autoencoder", data=str(tiny["data"]), params=TINY)), timeout=TIMEOUT_S).status == FINISHED
 
 
 def test_a_full_disk_while_exporting_keeps_the_earlier_file_and_says_so(tiny, tmp_path, monkeypatch, capsys):
@@ -261,7 +261,7 @@ def test_an_image_set_deleted_while_its_job_trains_fails_the_job_and_the_worker_
 
     monkeypatch.setattr(method_class, "fit", fit_then_the_folder_goes)
     manager = JobManager(tmp_path / "runs")
-    job = manager.wait(manager.submit(TrainSpec(data=str(data), params=TINY)), timeout=TIMEOUT_S)
+    job = manager.wait(manager.submit(TrainSpec(method="autoencoder", data=str(data), params=TINY)), timeout=TIMEOUT_S)
     assert job.status == FAILED
     assert f"The image set folder {data} was deleted or moved while the model trained" in job.error
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
@@ -269,9 +269,9 @@ def test_an_image_set_deleted_while_its_job_trains_fails_the_job_and_the_worker_
     # Started from a page that opened the set before it went: a message, not a run of zero images.
     opened = open_image_set(shutil.copytree(tiny["data"], tmp_path / "set2"))
     shutil.rmtree(tmp_path / "set2")
-    gone = manager.wait(manager.submit(TrainSpec(data=str(opened.root), params=TINY), image_set=opened), timeout=TIMEOUT_S)
+    gone = manager.wait(manager.submit(TrainSpec(method="autoencoder", data=str(opened.root), params=TINY), image_set=opened), timeout=TIMEOUT_S)
     assert gone.status == FAILED and "is gone (deleted or moved)" in gone.error, gone.error
-    ok = manager.wait(manager.submit(TrainSpec(data=str(tiny["data"]), params=TINY)), timeout=TIMEOUT_S)
+    ok = manager.wait(manager.submit(TrainSpec(method="autoencoder", data=str(tiny["data"]), params=TINY)), timeout=TIMEOUT_S)
     assert ok.status == FINISHED, ok.error
 
 
@@ -315,7 +315,7 @@ def test_two_jobs_submitted_at_the_same_instant_from_two_threads_both_finish(tin
 
     def submit() -> None:
         start.wait()  # both threads call submit together, as two sessions' button clicks can
-        jobs.append(manager.submit(TrainSpec(data=str(tiny["data"]), params=TINY)))
+        jobs.append(manager.submit(TrainSpec(method="autoencoder", data=str(tiny["data"]), params=TINY)))
 
     threads = [threading.Thread(target=submit) for _ in range(2)]
     for t in threads:
@@ -530,14 +530,14 @@ def test_saving_a_threshold_on_a_full_disk_says_so_and_keeps_the_saved_one(two_r
 def test_a_full_disk_while_train_writes_its_run_leaves_nothing_and_says_so(tiny, tmp_path, monkeypatch, capsys):
     out = tmp_path / "runs" / "new"
     full_disk(monkeypatch, tmp_path / "runs")
-    code = cli_main(["train", "--data", str(tiny["data"]), "--out", str(out)] + [f"--param={k}={v}" for k, v in TINY.items()])
+    code = cli_main(["train", "--method", "autoencoder", "--data", str(tiny["data"]), "--out", str(out)] + [f"--param={k}={v}" for k, v in TINY.items()])
     monkeypatch.undo()
     assert code == 1
     err = capsys.readouterr().err
     assert "error: the disk is full: no space left to write" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == [], "no run, no scratch folder"
     # Space again: the same --out trains.
-    assert cli_main(["train", "--data", str(tiny["data"]), "--out", str(out)] + [f"--param={k}={v}" for k, v in TINY.items()]) == 0
+    assert cli_main(["train", "--method", "autoencoder", "--data", str(tiny["data"]), "--out", str(out)] + [f"--param={k}={v}" for k, v in TINY.items()]) == 0
     assert load_run(out).results["score"].size
 
 

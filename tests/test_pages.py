@@ -357,7 +357,7 @@ def test_train_finishes_and_lists_the_run(tiny_set):
 def test_student_teacher_picks_its_teacher_from_the_runs_that_can_teach(tiny_set, runs_dir):
     from adcore.training import train_run
 
-    teacher = train_run(TrainSpec(data=str(tiny_set.root), name="teacher", params=dict(TINY, epochs=1)), runs_dir)
+    teacher = train_run(TrainSpec(method="autoencoder", data=str(tiny_set.root), name="teacher", params=dict(TINY, epochs=1)), runs_dir)
     no_maps = train_run(TrainSpec(data=str(tiny_set.root), method="pretrained_gaussian", params={"image_size": 32}), runs_dir)
     at = app_at("app_pages/train.py", tiny_set)
     at.radio(key="train.method").set_value("student_teacher").run()
@@ -378,7 +378,7 @@ def test_student_teacher_picks_its_teacher_from_the_runs_that_can_teach(tiny_set
 def test_a_failed_job_shows_its_error_and_traceback(tmp_path):
     at = app_at("app_pages/train.py")
     (tmp_path / "empty").mkdir()
-    job = common.job_manager().submit(TrainSpec(data=str(tmp_path / "empty"), params=dict(TINY, epochs=1)))
+    job = common.job_manager().submit(TrainSpec(method="autoencoder", data=str(tmp_path / "empty"), params=dict(TINY, epochs=1)))
     common.job_manager().wait(job, timeout=TIMEOUT_S)
     at.run()
     assert "found 0 usable normal training image(s)" in at.error[0].value

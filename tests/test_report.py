@@ -23,7 +23,7 @@ TINY = {"image_size": 32, "epochs": 2, "width": 8, "batch_size": 4}
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    return train_run(TrainSpec(data=str(make_tiny_mvtec(root / "set")), params=TINY, name="tiny"), root / "runs")
+    return train_run(TrainSpec(method="autoencoder", data=str(make_tiny_mvtec(root / "set")), params=TINY, name="tiny"), root / "runs")
 
 
 def markup(page: str) -> str:
@@ -90,7 +90,7 @@ def test_saved_threshold_and_a_run_whose_images_are_gone(run_dir, tmp_path):
 
 def test_a_normal_only_run_reports_without_a_confusion_matrix(tmp_path):
     data = make_tiny_mvtec(tmp_path / "set", n_train=12, n_defect=0)
-    run = load_run(train_run(TrainSpec(data=str(data), params=TINY), tmp_path / "runs"))
+    run = load_run(train_run(TrainSpec(method="autoencoder", data=str(data), params=TINY), tmp_path / "runs"))
     page = build_report(run, embedding_map=False)
     assert "Confusion matrix on test normals" not in page
     assert "synthetic cutpaste (not real)" in page

@@ -17,7 +17,7 @@ from adcore.methods import contrastive  # noqa: F401  (registers "contrastive")
 from adcore.methods import cutpaste  # noqa: F401  (registers "cutpaste")
 from adcore.methods import auto  # noqa: F401  (registers "auto")
 
-DEFAULT_METHOD = "autoencoder"
+DEFAULT_METHOD = "auto"  # configures itself from the normal photos (adcore.methods.auto)
 
 
 def get_method_class(name: str) -> type[Method]:
