@@ -15,6 +15,12 @@ def textured(rng: np.random.Generator, size: int = 48) -> np.ndarray:
     return (img.astype(np.int16) + rng.integers(-6, 7, img.shape)).clip(0, 255).astype(np.uint8)
 
 
+def textured_set(n: int, size: int = 64, seed: int = 0) -> list[np.ndarray]:
+    """``n`` normal-looking textures of ``size`` px from one seed: a small training set."""
+    rng = np.random.default_rng(seed)
+    return [textured(rng, size) for _ in range(n)]
+
+
 def make_tiny_mvtec(root: Path, n_train: int = 10, n_test_good: int = 3, n_defect: int = 3, size: int = 48) -> Path:
     """MVTec layout with bright square 'defects' and their masks."""
     rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ import torch
 
 from adcore.methods import Cancelled, FitContext, build_method
 from adcore.methods.auto import BOOTSTRAP, Auto, candidate_grid, selection_scores
-from tests.helpers import make_tiny_mvtec, textured
+from tests.helpers import make_tiny_mvtec, textured, textured_set
 
 CPU = torch.device("cpu")
 TINY = {"image_size": 64, "batch_size": 8, "search_images": 12}
@@ -21,8 +21,7 @@ TINY = {"image_size": 64, "batch_size": 8, "search_images": 12}
 
 @pytest.fixture(scope="module")
 def normal_images():
-    rng = np.random.default_rng(0)
-    return [textured(rng, 64) for _ in range(24)]
+    return textured_set(24)
 
 
 @pytest.fixture(scope="module")

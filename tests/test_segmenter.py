@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from adcore.augment import apply
 from adcore.methods import Cancelled, FitContext, build_method
 from adcore.methods.base import gaussian_blur
-from tests.helpers import textured
+from tests.helpers import textured, textured_set
 
 TINY = {"image_size": 128, "layers": "8+16", "coreset_ratio": 0.25, "map_sigma": 2.0, "batch_size": 4, "epochs": 4}
 CPU = torch.device("cpu")
@@ -21,8 +21,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def normal_images():
-    rng = np.random.default_rng(0)
-    return [textured(rng, 64) for _ in range(20)]
+    return textured_set(20)
 
 
 @pytest.fixture(scope="module")

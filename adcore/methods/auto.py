@@ -54,7 +54,10 @@ SEARCH_BANK = 2048  # patches kept in a candidate's search memory (the final fit
 # Patches the search coreset is chosen from: a random subset drawn from every search photo, so the
 # memory covers the normal variation of the whole set (a memory of a few photos makes every
 # candidate look worse on real defects, and differently so, than its full fit will be).
-SEARCH_CANDIDATE_PATCHES = 30_000
+SEARCH_CANDIDATE_PATCHES = 20_000
+SEARCH_PROJECTION = 64  # dimensions the search coreset measures distances in (PatchCore's own uses 128)
+MIN_WORKING_SIZE, MAX_WORKING_SIZE = 224, 320  # the ImageNet networks' scale .. what 2 CPU cores afford
+MEMBER_CORESET = 0.01  # the PatchCore paper's 1 %: also 10x cheaper than 10 %, and no worse on our sets
 SATURATED = 0.995  # every candidate at or above this selection score: the synthetic set tells them apart no more
 BOOTSTRAP = 200
 
@@ -86,6 +89,7 @@ class Candidate:
     def params(self, base: dict[str, Any]) -> dict[str, Any]:
         return {
             "image_size": base["image_size"],
+            "coreset_ratio": MEMBER_CORESET,
             "seed": base["seed"],
             "backbone": self.backbone,
             "batch_size": base["batch_size"],
@@ -108,6 +112,14 @@ def candidate_grid(tile_size: int = 0, backbones: Sequence[str] = ("efficientnet
         for layers in ("16+32", "8+16")
         for nbh in (3, 5)
     ]
+
+
+def working_size(images: Sequence[np.ndarray]) -> int:
+    """The size the candidates see the photos at: the median photo's native size (the square root of
+    its area) in multiples of 32, at least the networks' ImageNet scale and at most what the CPU affords.
+    Shrinking a photo below its native size only loses the small defects' pixels."""
+    native = float(np.median([math.sqrt(im.shape[0] * im.shape[1]) for im in images]))
+    return int(min(MAX_WORKING_SIZE, max(MIN_WORKING_SIZE, round(native / 32) * 32)))
 
 
 def validation_set(
@@ -212,7 +224,9 @@ class Auto(Method):
     ]
     @classmethod
     def param_specs(cls) -> list[Param]:
-        return PatchCore.param_specs()[:2] + cls.params  # image_size (224) and seed, then ours
+        size = Param("image_size", int, 0, "Pixels (about this x this) the photos are seen at; 0: from the photos "
+                     f"(their native size, {MIN_WORKING_SIZE}-{MAX_WORKING_SIZE}).", 0, 1024)
+        return [size, PatchCore.param_specs()[1]] + cls.params  # and seed, then ours
 
     # -- fitting ---------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -225,7 +239,7 @@ class Auto(Method):
         return list(images)
 
     def _fit(self, images: list[np.ndarray], ctx: FitContext) -> None:
-        cfg = self.config_
+        self.config_ = cfg = {**self.config_, "image_size": self.config_["image_size"] or working_size(images)}
         started = time.monotonic()
         n = len(images)
         n_val = min(MAX_VALIDATION, max(MIN_VALIDATION, round(n * cfg["validation_share"])))
@@ -237,6 +251,7 @@ class Auto(Method):
                 "reason": f"only {n} normal photos: too few to keep {MIN_VALIDATION} aside and still fit, "
                 "so a standard PatchCore setting is used without a search",
                 "candidates": [],
+                "image_size": cfg["image_size"],
             }
             self._fit_members([winner], images, [], ctx)
             self._finish(started, 0.0)
@@ -255,7 +270,7 @@ class Auto(Method):
         rows = self._search(grid, search_bank, v_images, np.array(kinds), masks, np.array(source), ctx)
         search_s = time.monotonic() - started
         members, decision, reason = self._decide(grid, rows)
-        self.selection_ = {"decision": decision, "reason": reason, "candidates": rows,
+        self.selection_ = {"decision": decision, "reason": reason, "candidates": rows, "image_size": cfg["image_size"],
                            "n_validation": n_val, "n_search_bank": len(search_bank),
                            "defects_per_family": per_family, "families": list(FAMILIES)}
         ctx.report(step=len(grid), total_steps=len(grid), images=n, phase="search done", record=False,
@@ -389,7 +404,7 @@ class Auto(Method):
             n_keep = min(SEARCH_BANK, len(patches))
             if n_keep >= len(patches):
                 return patches
-            return patches[greedy_coreset(patches, n_keep, seed=self.config_["seed"])]
+            return patches[greedy_coreset(patches, n_keep, projection_dim=SEARCH_PROJECTION, seed=self.config_["seed"])]
 
     def _candidate_maps(self, proto, cand, bank, feats, boxes, images) -> list[np.ndarray]:
         """The candidate's smoothed maps of ``images`` (from their features) at each photo's size."""
@@ -563,6 +578,8 @@ def describe_selection(selection: dict[str, Any]) -> tuple[list[dict[str, Any]],
             f"{selection['n_validation'] * selection['defects_per_family']} synthetic defects of each family "
             f"({', '.join(selection['families'])}) pasted onto them; test photos and labels are never used."
         )
+    if selection.get("image_size"):
+        parts.append(f"Photos seen at about {selection['image_size']} px (their native size, within limits).")
     if selection.get("total_seconds") is not None:
         parts.append(f"Search {selection['search_seconds']:.0f} s, with the final fit {selection['total_seconds']:.0f} s.")
     return rows, " ".join(parts)
