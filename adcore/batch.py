@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -65,6 +67,7 @@ class ImageListing:
     mvtec_root: Path | None
     count: int = 0
     skipped: list[SkippedFile] = field(default_factory=list)
+    digest: str = ""  # SHA-256 of the images' relative paths in order: the same files in the same order
 
     def __iter__(self) -> Iterator[ImageEntry]:
         for item in self._walk():
@@ -103,11 +106,14 @@ def list_images(folder: Path | str) -> ImageListing:
         raise FileNotFoundError(f"no such folder: {folder}")
     mvtec_root, _ = _find_mvtec_root(folder)
     listing = ImageListing(folder, "plain" if mvtec_root is None else "mvtec", mvtec_root)
+    paths = hashlib.sha256()
     for item in listing._walk():
         if isinstance(item, SkippedFile):
             listing.skipped.append(item)
         else:
             listing.count += 1
+            paths.update(item.rel_path.encode("utf-8") + b"\0")
+    listing.digest = paths.hexdigest()
     return listing
 
 
@@ -153,13 +159,11 @@ def decoded_batches(
 
     At most two batches of decoded images exist at a time, whatever the number of entries.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    source = iter(entries)
+    source = entry_batches(entries, batch_size)
     with ThreadPoolExecutor(max(1, workers)) as pool:  # Pillow releases the GIL while decoding
 
         def submit() -> list:
-            return [(e, pool.submit(_decode, e.path)) for e in islice(source, batch_size)]
+            return [(e, pool.submit(_decode, e.path)) for e in next(source, [])]
 
         pending = submit()
         while pending:
@@ -173,6 +177,16 @@ def decoded_batches(
                     batch.entries.append(entry)
                     batch.images.append(image)
             yield batch
+
+
+def entry_batches(entries: Iterator[ImageEntry] | ImageListing, batch_size: int) -> Iterator[list[ImageEntry]]:
+    """``entries`` in consecutive lists of ``batch_size`` (the last may be shorter): the batches every
+    engine scores, so batch ``i`` holds the same files whichever engine scores it."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    source = iter(entries)
+    while batch := list(islice(source, batch_size)):
+        yield batch
 
 
 def _decode(path: Path) -> tuple[np.ndarray | None, str | None]:
@@ -245,6 +259,222 @@ class ScoreSummary:
     maps_written: int = 0
     has_maps: bool | None = None  # None until the first batch was scored
     skipped: list[SkippedFile] = field(default_factory=list)
+    resumed: int = 0  # images whose rows an earlier, interrupted run had already written
+
+
+@dataclass
+class ScoredBatch:
+    """One batch scored: its CSV rows (exact text), counts, and the files that did not decode."""
+
+    csv_text: str
+    n_files: int
+    scored: int
+    anomalous: int
+    maps_written: int
+    has_maps: bool | None
+    failed: list[SkippedFile]
+
+    def to_dict(self) -> dict:
+        """Plain JSON values (for the resume log, and to send between processes)."""
+        fields = {k: v for k, v in vars(self).items() if k != "failed"}
+        return {**fields, "failed": [[f.rel_path, f.reason] for f in self.failed]}
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> ScoredBatch:
+        failed = [SkippedFile(rel, reason) for rel, reason in fields["failed"]]
+        return cls(**{**fields, "failed": failed})
+
+
+class BatchScorer:
+    """Scores one decoded batch into CSV rows and heat-map PNGs: the same work in every engine.
+
+    Rows: ``path`` (relative to the scored folder), ``score`` (full precision), ``decision``
+    (``anomalous``/``normal`` at the model's threshold), plus ``split`` and ``label`` in an MVTec
+    layout. With ``maps_dir``, a heat-map PNG of each image's size goes to the same relative path with
+    ``.png`` (the model's fixed colour range, blended over the image unless ``map_overlay`` is False).
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        mvtec: bool,
+        batch_size: int = 32,
+        maps_dir: Path | None = None,
+        map_overlay: bool = True,
+    ) -> None:
+        self.model, self.mvtec, self.batch_size = model, mvtec, batch_size
+        self.maps_dir, self.map_overlay = maps_dir, map_overlay
+        map_range = model.map_display
+        self.low, self.high = (map_range["low"], map_range["high"]) if map_range else (None, None)
+
+    def __call__(self, batch: DecodedBatch) -> ScoredBatch:
+        """The batch's rows, in the order of its entries; ``batch.images`` are HWC uint8 RGB."""
+        result = ScoredBatch("", batch.n_files, 0, 0, 0, None, list(batch.failed))
+        if not batch.images:
+            return result
+        prediction = self.model.predict(batch.images, batch_size=self.batch_size)
+        decisions = self.model.decide(prediction.scores)
+        rows = io.StringIO()
+        writer = csv.writer(rows)
+        for entry, score, bad in zip(batch.entries, prediction.scores, decisions):
+            row = [entry.rel_path, repr(float(score)), "anomalous" if bad else "normal"]
+            writer.writerow(row + ([entry.split, entry.label] if self.mvtec else []))
+        result.csv_text = rows.getvalue()
+        result.scored, result.anomalous = len(batch.entries), int(decisions.sum())
+        result.has_maps = prediction.anomaly_maps is not None
+        if self.maps_dir is not None and prediction.anomaly_maps is not None:
+            for entry, image, amap in zip(batch.entries, batch.images, prediction.anomaly_maps):
+                rgb = heatmap_rgb(amap, self.low, self.high, image if self.map_overlay else None)
+                Image.fromarray(rgb).save(_map_path(self.maps_dir, entry))
+                result.maps_written += 1
+        return result
+
+
+def csv_header(mvtec: bool) -> list[str]:
+    """The columns of a scores CSV."""
+    return ["path", "score", "decision"] + (["split", "label"] if mvtec else [])
+
+
+class PartialCsv:
+    """``<out>.part`` written batch by batch, with a log (``<out>.part.log``) that makes it resumable.
+
+    After each batch's rows reach ``.part`` (one write, flushed), one JSON line in the log records the
+    batch number, the byte length of ``.part`` so far, and the batch's counts and unreadable files.
+    Opened again for the same job (the log's first line: a digest of the files in order, the batch size,
+    the model and the heat-map options), it cuts ``.part`` back to the last logged batch (rows written
+    after it, by a job killed before logging them, are dropped and scored again) and carries on from the
+    next one: no row is lost or written twice. Batches are appended in order (``next_batch``).
+    """
+
+    def __init__(self, out: Path, job: dict, summary: ScoreSummary, header: list[str]) -> None:
+        self.out, self.summary = out, summary
+        self.part, self.log_path = partial_path(out), partial_path(out).with_name(partial_path(out).name + ".log")
+        self.next_batch = 0
+        job_line = json.dumps(job, sort_keys=True)
+        done = self._logged_batches(job_line)
+        if done:
+            end = done[-1]["end"]
+            with self.part.open("r+b") as fh:
+                fh.truncate(end)
+            with self.log_path.open("r+b") as fh:
+                fh.truncate(sum(len(line) for line in self._log_lines()[: len(done) + 1]))
+            for entry in done:
+                self._count(ScoredBatch.from_dict(entry["scored"]))
+            summary.resumed = summary.scored
+        else:
+            self.part.write_bytes(_csv_bytes(header))
+            self.log_path.write_text(job_line + "\n")
+        self.next_batch = len(done)
+        self._rows, self._log = self.part.open("ab"), self.log_path.open("a")
+
+    def _log_lines(self) -> list[bytes]:
+        return self.log_path.read_bytes().splitlines(keepends=True)
+
+    def _logged_batches(self, job_line: str) -> list[dict]:
+        """The complete batches an earlier run of this same job logged, in order; [] to start over."""
+        if not (self.part.is_file() and self.log_path.is_file()):
+            return []
+        lines = self._log_lines()
+        if not lines or lines[0].decode("utf-8", "replace").rstrip("\n") != job_line:
+            return []  # another job's leftovers (other files, batch size or model): start over
+        done = []
+        for line in lines[1:]:
+            try:
+                entry = json.loads(line) if line.endswith(b"\n") else None
+            except ValueError:
+                entry = None
+            if not isinstance(entry, dict) or entry.get("batch") != len(done):
+                break  # a line cut short by a kill: that batch is scored again
+            done.append(entry)
+        if done and self.part.stat().st_size < done[-1]["end"]:
+            return []  # .part shorter than its log says: not ours to trust
+        return done
+
+    def _count(self, result: ScoredBatch) -> None:
+        summary = self.summary
+        summary.scored += result.scored
+        summary.anomalous += result.anomalous
+        summary.maps_written += result.maps_written
+        summary.skipped += result.failed
+        if result.has_maps is not None:
+            summary.has_maps = result.has_maps
+
+    def append(self, result: ScoredBatch) -> None:
+        """Write batch ``next_batch``'s rows, then log it."""
+        self._rows.write(result.csv_text.encode("utf-8"))  # a batch's rows reach the file in one write
+        self._rows.flush()
+        entry = {"batch": self.next_batch, "end": self._rows.tell(), "scored": result.to_dict()}
+        self._log.write(json.dumps(entry) + "\n")
+        self._log.flush()
+        self.next_batch += 1
+        self._count(result)
+
+    def finish(self) -> None:
+        """All batches written: ``.part`` becomes ``out`` and the log goes."""
+        self.close(sync=True)
+        self.part.replace(self.out)
+        self.log_path.unlink()
+
+    def close(self, sync: bool = False) -> None:
+        for fh in (self._rows, self._log):
+            if sync and not fh.closed:
+                fh.flush()
+                os.fsync(fh.fileno())
+            fh.close()
+
+
+def _csv_bytes(row: list[str]) -> bytes:
+    text = io.StringIO()
+    csv.writer(text).writerow(row)
+    return text.getvalue().encode("utf-8")
+
+
+@contextlib.contextmanager
+def resumable_csv(
+    model: LoadedModel,
+    listing: ImageListing,
+    out: Path | str,
+    *,
+    batch_size: int,
+    maps_dir: Path | str | None,
+    map_overlay: bool,
+    on_batch: Callable[[int], None] | None,
+    summary: ScoreSummary,
+) -> Iterator[tuple[PartialCsv, BatchScorer]]:
+    """A scoring job for any engine: its resumable ``.part`` and the scorer of its batches.
+
+    The engine appends the batches from ``part.next_batch`` on; ``summary`` gets the listing's skipped
+    files and what an earlier, interrupted run of the same job already scored (``on_batch`` is told
+    once). On leaving, ``.part`` becomes ``out``, or, on an exception, stays to be resumed.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    maps_dir = Path(maps_dir).resolve() if maps_dir is not None else None
+    if maps_dir is not None and maps_dir.is_relative_to(listing.folder):
+        raise ValueError(f"the heat-map folder {maps_dir} must be outside the scored folder {listing.folder}")
+    mvtec = listing.layout == "mvtec"
+    summary.skipped = list(listing.skipped)
+    job = {
+        "images": listing.digest,
+        "count": listing.count,
+        "batch_size": batch_size,
+        "model": str(Path(model.path).resolve()),
+        "method": model.config.get("method"),
+        "threshold": model.threshold.value,
+        "maps": None if maps_dir is None else [str(maps_dir), map_overlay],
+    }
+    part = PartialCsv(out, job, summary, csv_header(mvtec))
+    scorer = BatchScorer(model, mvtec=mvtec, batch_size=batch_size, maps_dir=maps_dir, map_overlay=map_overlay)
+    try:
+        if part.next_batch and on_batch is not None:
+            on_batch(min(part.next_batch * batch_size, listing.count))
+        yield part, scorer
+    except BaseException:
+        part.close()
+        raise
+    part.finish()
+    summary.skipped.sort(key=lambda s: s.rel_path)
 
 
 def score_to_csv(
@@ -260,55 +490,19 @@ def score_to_csv(
 ) -> ScoreSummary:
     """Score every image of ``listing`` with ``model`` in batches and write one CSV row per image.
 
-    Columns: ``path`` (relative to the scored folder), ``score`` (full precision), ``decision``
-    (``anomalous``/``normal`` at the model's threshold), plus ``split`` and ``label`` in an MVTec
-    layout. Rows are written batch by batch to ``<out>.part`` (``partial_path``), which becomes
-    ``out`` at the end; if scoring is interrupted or fails, the ``.part`` file keeps every row scored
-    so far (``summary``, when given, is filled in as it goes, to say how many). With ``maps_dir``, a heat-map
-    PNG of each image's size goes to the same relative path with ``.png`` (the model's fixed colour
-    range, blended over the image unless ``map_overlay`` is False), where the method produces maps.
-    ``on_batch(n_files)`` is called after each batch, for a progress bar.
+    Columns and heat maps: ``BatchScorer``. Rows are written batch by batch to ``<out>.part``
+    (``partial_path``), which becomes ``out`` at the end; if scoring is interrupted or fails, the
+    ``.part`` file keeps every row scored so far (``summary``, when given, is filled in as it goes, to
+    say how many), and the same job started again goes on from there (``PartialCsv``).
+    ``on_batch(n_files)`` is called after each batch (and once for what was resumed), for a progress bar.
     """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    maps_dir = Path(maps_dir).resolve() if maps_dir is not None else None
-    if maps_dir is not None and maps_dir.is_relative_to(listing.folder):
-        raise ValueError(f"the heat-map folder {maps_dir} must be outside the scored folder {listing.folder}")
     summary = summary if summary is not None else ScoreSummary()
-    summary.skipped = list(listing.skipped)
-    mvtec = listing.layout == "mvtec"
-    map_range = model.map_display
-    low, high = (map_range["low"], map_range["high"]) if map_range else (None, None)
-    tmp = partial_path(out)
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "score", "decision"] + (["split", "label"] if mvtec else []))
-        for batch in decoded_batches(listing, batch_size):
-            summary.skipped += batch.failed
-            if batch.images:
-                prediction = model.predict(batch.images, batch_size=batch_size)
-                decisions = model.decide(prediction.scores)
-                rows = io.StringIO()  # a batch's rows reach the file in one write: whole rows only
-                batch_writer = csv.writer(rows)
-                for entry, score, bad in zip(batch.entries, prediction.scores, decisions):
-                    row = [entry.rel_path, repr(float(score)), "anomalous" if bad else "normal"]
-                    batch_writer.writerow(row + ([entry.split, entry.label] if mvtec else []))
-                fh.write(rows.getvalue())
-                fh.flush()  # an interrupted run keeps every batch scored so far
-                summary.scored += len(batch.entries)
-                summary.anomalous += int(decisions.sum())
-                summary.has_maps = prediction.anomaly_maps is not None
-                if maps_dir is not None and prediction.anomaly_maps is not None:
-                    for entry, image, amap in zip(batch.entries, batch.images, prediction.anomaly_maps):
-                        target = _map_path(maps_dir, entry)
-                        rgb = heatmap_rgb(amap, low, high, image if map_overlay else None)
-                        Image.fromarray(rgb).save(target)
-                        summary.maps_written += 1
+    options = dict(batch_size=batch_size, maps_dir=maps_dir, map_overlay=map_overlay, on_batch=on_batch)
+    with resumable_csv(model, listing, out, summary=summary, **options) as (part, scorer):
+        for batch in decoded_batches(islice(iter(listing), part.next_batch * batch_size, None), batch_size):
+            part.append(scorer(batch))
             if on_batch is not None:
                 on_batch(batch.n_files)
-        os.fsync(fh.fileno())
-    tmp.replace(out)
-    summary.skipped.sort(key=lambda s: s.rel_path)
     return summary
 
 

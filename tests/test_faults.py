@@ -180,18 +180,25 @@ def test_a_failing_report_leaves_no_half_written_file(tiny, tmp_path, monkeypatc
 # --- long jobs keep what they did -----------------------------------------------------------------
 
 
-def test_an_interrupted_score_keeps_the_rows_it_scored(tiny, tmp_path, monkeypatch, capsys):
+def count_batches(monkeypatch, interrupt_at: int | None = None) -> list[int]:
+    """The autoencoder's predict counts its batches (the sizes go into the returned list), and raises
+    KeyboardInterrupt on batch ``interrupt_at`` (1-based), as Ctrl-C would."""
     method_class = get_method_class("autoencoder")
     real_predict = method_class.predict
-    calls = []
+    sizes: list[int] = []
 
-    def interrupted_on_the_third_batch(self, images, batch_size=32):
-        calls.append(len(images))
-        if len(calls) == 3:
+    def counted(self, images, batch_size=32):
+        sizes.append(len(images))
+        if len(sizes) == interrupt_at:
             raise KeyboardInterrupt
         return real_predict(self, images, batch_size=batch_size)
 
-    monkeypatch.setattr(method_class, "predict", interrupted_on_the_third_batch)
+    monkeypatch.setattr(method_class, "predict", counted)
+    return sizes
+
+
+def test_an_interrupted_score_keeps_the_rows_it_scored(tiny, tmp_path, monkeypatch, capsys):
+    count_batches(monkeypatch, interrupt_at=3)
     out = tmp_path / "scores.csv"
     code = cli_main(["score", "--run", str(tiny["run"]), "--images", str(tiny["data"] / "train"), "--out", str(out),
                      "--batch-size", "3", "--device", "cpu"])  # fmt: skip
@@ -202,6 +209,23 @@ def test_an_interrupted_score_keeps_the_rows_it_scored(tiny, tmp_path, monkeypat
     lines = (tmp_path / "scores.csv.part").read_text().splitlines()
     assert lines[0] == "path,score,decision,split,label" or lines[0] == "path,score,decision"
     assert len(lines) == 1 + 6 and all(line.count(",") == lines[0].count(",") for line in lines)
+
+
+def test_an_interrupted_score_started_again_goes_on_and_writes_each_row_once(tiny, tmp_path, monkeypatch, capsys):
+    args = ["--run", str(tiny["run"]), "--images", str(tiny["data"] / "train"), "--batch-size", "3", "--device", "cpu"]
+    clean = tmp_path / "clean.csv"
+    assert cli_main(["score", *args, "--out", str(clean)]) == 0
+    out = tmp_path / "scores.csv"
+    count_batches(monkeypatch, interrupt_at=3)
+    assert cli_main(["score", *args, "--out", str(out)]) == 130
+    monkeypatch.undo()
+    scored_again = count_batches(monkeypatch)
+    capsys.readouterr()
+    assert cli_main(["score", *args, "--out", str(out)]) == 0
+    assert sum(scored_again) == len(list((tiny["data"] / "train").rglob("*.png"))) - 6  # only what was left
+    assert out.read_bytes() == clean.read_bytes()
+    assert not Path(f"{out}.part").exists() and not Path(f"{out}.part.log").exists()
+    assert "(6 of them by an earlier, interrupted run)" in capsys.readouterr().out
 
 
 # --- broken run folders ----------------------------------------------------------------------------

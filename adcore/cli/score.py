@@ -2,6 +2,8 @@
 
 One CSV row per image (path, score, decision; split and label in an MVTec layout), images decoded
 batch by batch so memory stays flat, optional heat-map PNGs, unreadable files listed at the end.
+An interrupted job started again with the same --out goes on where it stopped; ``--engine ray``
+scores the same batches on Ray Data workers (``adcore.ray_engine``) into the same CSV.
 """
 
 from __future__ import annotations
@@ -36,6 +38,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=32, help="images decoded and scored at a time")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: Ray Data workers (Ray is an optional extra)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="with --engine ray: a running Ray cluster (images, run/model and --maps on storage every node "
+        "reads); default: start a local instance on this machine",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="with --engine ray: scoring workers, each loading the model once (default: one per GPU, else per CPU)",
+    )
     p.set_defaults(func=run)
 
 
@@ -43,36 +64,46 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from adcore.batch import ScoreSummary, open_images, partial_path, score_to_csv
-    from adcore.device import pick_device
-    from adcore.export import load_model, model_from_run
+    from adcore.ray_engine import ModelSource, RayNotInstalled, import_ray, score_on_ray
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    device = pick_device(args.device)
-    model = load_model(args.model, device=device) if args.model else model_from_run(args.run, device=device)
+    if args.engine != "ray" and (args.ray_address or args.workers is not None):
+        raise ValueError("--ray-address and --workers go with --engine ray")
+    if args.engine == "ray":
+        try:
+            import_ray()
+        except RayNotInstalled as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    source = ModelSource("model", args.model, args.device) if args.model else ModelSource("run", args.run, args.device)
+    model = source.load()
     threshold = model.threshold
 
     summary = ScoreSummary()
     try:
         with open_images(args.images) as listing:
             with tqdm(total=listing.count, unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
-                score_to_csv(
-                    model,
-                    listing,
-                    args.out,
+                options = dict(
                     batch_size=args.batch_size,
                     maps_dir=args.maps,
                     map_overlay=args.maps_style == "overlay",
                     on_batch=bar.update,
                     summary=summary,
                 )
+                if args.engine == "ray":
+                    score_on_ray(model, source, listing, args.out, address=args.ray_address, workers=args.workers,
+                                 **options)  # fmt: skip
+                else:
+                    score_to_csv(model, listing, args.out, **options)
     except BaseException:
         if summary.scored:  # say where the work done so far is, then fail as before
-            print(f"stopped after {summary.scored} image(s): their rows are in {partial_path(args.out)}",
-                  file=sys.stderr)  # fmt: skip
+            print(f"stopped after {summary.scored} image(s): their rows are in {partial_path(args.out)}; "
+                  "the same command goes on from there", file=sys.stderr)  # fmt: skip
         raise
 
-    print(f"scored {summary.scored} image(s) -> {args.out}")
+    resumed = f" ({summary.resumed} of them by an earlier, interrupted run)" if summary.resumed else ""
+    print(f"scored {summary.scored} image(s) -> {args.out}{resumed}")
     print(
         f"  {summary.anomalous} anomalous, {summary.scored - summary.anomalous} normal at threshold "
         f"{threshold.value:.6g} (anomalous if score >= threshold; {threshold.how})"
