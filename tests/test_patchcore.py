@@ -262,3 +262,15 @@ def test_pretrained_gaussian_scores_a_defect_higher_and_round_trips(normal_image
         warnings.simplefilter("ignore")
         expected = build_scorer("gaussian").fit(train.astype(np.float64)).score(pred.embeddings)
     np.testing.assert_allclose(pred.scores, expected, rtol=2e-3)
+
+
+@pytest.mark.parametrize("group_size", [65536, 300])
+def test_every_prefix_of_a_coreset_is_the_smaller_coreset(group_size):
+    points = torch.randn(1200, 16, generator=torch.Generator().manual_seed(0))
+    big = greedy_coreset(points, 120, projection_dim=0, group_size=group_size)
+    assert len(big) == 120 and len(set(big.tolist())) == 120
+    small = greedy_coreset(points, 12, projection_dim=0, group_size=group_size)
+    if group_size > len(points):  # one group: greedy picks are nested, the first 12 are the 12-point coreset
+        assert big[:12].tolist() == small.tolist()
+    else:  # four groups: a prefix takes each group's first picks in proportion, as the small coreset does
+        assert sorted(big[:12].tolist()) == sorted(small.tolist())

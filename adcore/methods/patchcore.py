@@ -197,7 +197,8 @@ def greedy_coreset(
     more than ``group_size`` points are split at random into groups of at most that size, each
     giving its share of the picks (a group still holds thousands of points per pick, so rare
     patterns are still found). ``on_step(i)`` is called now and then with the number picked so
-    far; returning True stops early with those picks.
+    far; returning True stops early with those picks. Picks come in greedy order (interleaved
+    across groups), so the first k of them are the coreset of size k.
     """
     n, dim = points.shape
     n_select = max(1, min(n_select, n))
@@ -240,7 +241,13 @@ def greedy_coreset(
                         break
             picks_t = torch.tensor(picks, dtype=torch.long, device=group.device)
             chosen.append(picks_t if members is None else members[picks_t])
-    return torch.cat(chosen).cpu()
+    # Interleave the groups' picks by their rank within the group, so that every prefix of the result
+    # is itself a coreset of that size spread over all groups (a 1 % memory is the first tenth of a 10 %
+    # one). The set of picks, and so PatchCore's memory, is the same in any order.
+    ranks = torch.cat([(torch.arange(len(c), dtype=torch.float64) + 0.5) / max(1, counts[g])
+                       for g, c in enumerate(chosen)]) if chosen else torch.zeros(0)
+    picks_all = torch.cat(chosen).cpu() if chosen else torch.zeros(0, dtype=torch.long)
+    return picks_all[torch.sort(ranks, stable=True).indices]
 
 
 @contextmanager
@@ -318,6 +325,7 @@ class PatchCore(PretrainedFeatures):
                 emb = self._embed(x)
                 patches.append(emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1]))
         patches = torch.cat(patches)
+        self.n_patches_ = len(patches)  # how many the memory was chosen from (not saved; auto reads it)
         n_keep = min(cfg["max_bank"], max(1, int(round(len(patches) * cfg["coreset_ratio"]))))
 
         def on_step(i: int) -> bool:
