@@ -43,6 +43,15 @@ def test_the_selection_table_judges_every_candidate(fitted):
         assert {f"{f} image" for f in table["families"]} <= set(row)
     assert table["decision"] in ("pick", "combine") and table["reason"]
     assert table["n_validation"] == 6 and table["defects_per_family"] == 3  # round(16 / 6)
+    # Each member's memory size was judged on the kept-aside photos: 10 % unless a smaller share is clearly better.
+    from adcore.methods.auto import MEMORY_SHARES
+
+    for memory, member in zip(table["memory"], method.members_):
+        assert [o["share"] for o in memory["options"]] == list(MEMORY_SHARES)
+        assert memory["chosen share"] in MEMORY_SHARES and len(member.bank_) == memory["patches"]
+        default = next(o for o in memory["options"] if o["share"] == 0.1)
+        if memory["chosen share"] != 0.1:
+            assert default["matches the best in"] is not None and default["matches the best in"] <= 0.1
     # The page sees the table grow while the search runs.
     live = [e["selection"]["candidates"] for e in events if "selection" in e and "decision" not in e["selection"]]
     assert [len(rows) for rows in live] == list(range(1, len(grid) + 1))
