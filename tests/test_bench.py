@@ -119,3 +119,16 @@ def test_bench_saves_each_method_as_it_finishes_and_a_failure_costs_only_that_me
     assert re.search(r"memae +\| FAILED: RuntimeError: the network exploded", captured.out)
     assert "1 of 3 method(s) failed: memae" in captured.err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no temporary file left"
+
+
+def test_bench_measures_auto_at_the_size_it_chose_and_keeps_its_selection(tmp_path):
+    data = make_tiny_mvtec(tmp_path / "set", n_train=14, n_test_good=2, n_defect=2, size=64)
+    out = tmp_path / "r.json"
+    # No --image-size: auto's image_size 0 means "from the photos" (here the 224 px minimum).
+    code = main(["bench", "--data", str(data), "--methods", "auto", "--scorers", "own",
+                 "--param", "auto.search_images=8", "--batch-size", "4", "--out", str(out)])
+    assert code == 0
+    row = json.loads(out.read_text())[0]
+    assert row["image_size"] == 224 and row["params"]["image_size"] == 0
+    assert row["selection"]["candidates"] and row["selection"]["decision"] in ("pick", "combine")
+    assert row["pixel_pro"] is not None and row["hit_rate"] is not None

@@ -250,6 +250,7 @@ def measure_method(
             ]
         )
     peak_mb = _peak_memory_mb(torch_device)
+    size = method.config_.get("image_size") or size  # as fitted: auto's 0 means "from the photos"
     if size not in reference:
         reference[size] = resnet18_images_per_second(size, batch_size, torch_device)
 
@@ -262,6 +263,7 @@ def measure_method(
         "n_test": len(test_images),
         "peak_memory_mb": round(peak_mb, 1),
         "resnet18_images_per_second": round(reference[size], 2),
+        **method.run_details(),  # e.g. auto's selection table
     }
     rows = []
     for scorer in wanted:
