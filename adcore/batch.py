@@ -68,6 +68,7 @@ class ImageListing:
     count: int = 0
     skipped: list[SkippedFile] = field(default_factory=list)
     digest: str = ""  # SHA-256 of the images' relative paths in order: the same files in the same order
+    list_file: Path | None = None  # a text file of image paths (``list_paths``) instead of a folder walk
 
     def __iter__(self) -> Iterator[ImageEntry]:
         for item in self._walk():
@@ -75,6 +76,9 @@ class ImageListing:
                 yield item
 
     def _walk(self) -> Iterator[ImageEntry | SkippedFile]:
+        if self.list_file is not None:
+            yield from _listed(self.list_file)
+            return
         for path in _walk_files(self.folder):
             rel = _rel(path, self.folder)
             split = label = ""
@@ -105,7 +109,34 @@ def list_images(folder: Path | str) -> ImageListing:
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
     mvtec_root, _ = _find_mvtec_root(folder)
-    listing = ImageListing(folder, "plain" if mvtec_root is None else "mvtec", mvtec_root)
+    return _counted(ImageListing(folder, "plain" if mvtec_root is None else "mvtec", mvtec_root))
+
+
+def list_paths(list_file: Path | str) -> ImageListing:
+    """The images named in a text file, one path a line, in its order (blank lines and ``#`` comments
+    left out). A relative path is read from the list's folder; each row's ``path`` is the line as
+    written. Missing files and files that are not images are listed in ``skipped``."""
+    list_file = Path(list_file).resolve()
+    return _counted(ImageListing(list_file.parent, "plain", None, list_file=list_file))
+
+
+def _listed(list_file: Path) -> Iterator[ImageEntry | SkippedFile]:
+    with list_file.open(encoding="utf-8") as fh:
+        for line in fh:
+            name = line.strip()
+            if not name or name.startswith("#"):
+                continue
+            path = list_file.parent / name  # an absolute name stays as it is
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                yield SkippedFile(name, "not an image")
+            elif not path.is_file():
+                yield SkippedFile(name, "no such file")
+            else:
+                yield ImageEntry(path, name)
+
+
+def _counted(listing: ImageListing) -> ImageListing:
+    """``listing`` with its count, skipped files and digest from one walk."""
     paths = hashlib.sha256()
     for item in listing._walk():
         if isinstance(item, SkippedFile):
@@ -119,7 +150,8 @@ def list_images(folder: Path | str) -> ImageListing:
 
 @contextlib.contextmanager
 def open_images(path: Path | str) -> Iterator[ImageListing]:
-    """``list_images`` for a folder, or for a zip extracted into a temporary folder removed on exit.
+    """``list_images`` for a folder, ``list_paths`` for a ``.txt`` list of image paths, or
+    ``list_images`` for a zip extracted into a temporary folder removed on exit.
 
     A zip is extracted with ``adcore.data.extract_zip`` (unsafe members are left out and listed in
     ``skipped``) with limits raised to the free disk space, so its size is bounded only by the disk.
@@ -131,7 +163,10 @@ def open_images(path: Path | str) -> Iterator[ImageListing]:
         yield list_images(path)
         return
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is neither a folder nor a .zip file")
+        if path.suffix.lower() == ".txt":
+            yield list_paths(path)
+            return
+        raise ValueError(f"{path} is neither a folder, a .zip file nor a .txt list of image paths")
     with tempfile.TemporaryDirectory(prefix="adcore-score-") as scratch:
         free = shutil.disk_usage(scratch).free
         skipped = extract_zip(
@@ -451,7 +486,7 @@ def resumable_csv(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     maps_dir = Path(maps_dir).resolve() if maps_dir is not None else None
-    if maps_dir is not None and maps_dir.is_relative_to(listing.folder):
+    if maps_dir is not None and listing.list_file is None and maps_dir.is_relative_to(listing.folder):
         raise ValueError(f"the heat-map folder {maps_dir} must be outside the scored folder {listing.folder}")
     mvtec = listing.layout == "mvtec"
     summary.skipped = list(listing.skipped)
@@ -515,6 +550,7 @@ def partial_path(out: Path | str) -> Path:
 def _map_path(maps_dir: Path, entry: ImageEntry) -> Path:
     """``maps_dir/<rel_path with .png>``; ``a.jpg`` beside an ``a.png`` gets ``a.jpg.png`` instead."""
     rel = PurePosixPath(entry.rel_path)
+    rel = rel.relative_to(rel.anchor) if rel.anchor else rel  # an absolute path of a list: below maps_dir
     if rel.suffix.lower() != ".png" and entry.path.with_suffix(".png").exists():
         rel = rel.with_name(rel.name + ".png")
     else:

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import torch
 
 from adcore.batch import (
+    BatchScorer,
     ImageEntry,
     ImageListing,
     ScoredBatch,
@@ -98,7 +100,10 @@ def ray_session(address: str | None = None, cpus: int | None = None) -> Iterator
 
 def worker_resources(ray: Any, workers: int | None) -> tuple[int, dict[str, float]]:
     """(number of workers, Ray resources of each): one GPU each where the cluster has GPUs (default:
-    as many workers as GPUs), else an equal share of its CPUs (default: one worker per CPU)."""
+    as many workers as GPUs), else an equal share of its CPUs (default: one worker per CPU).
+
+    A CPU worker runs as many torch threads as this process (``_score_rows``), whatever its share:
+    more workers than cores then contend for them, but score exactly as the local engine does."""
     cluster = ray.cluster_resources()
     gpus, cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
     if workers is not None and workers < 1:
@@ -115,9 +120,6 @@ class _BatchWorker:
     """A Ray Data worker: loads the model once, then scores batches (one dataset row each)."""
 
     def __init__(self, source: ModelSource, scorer_options: dict, threads: int | None) -> None:
-        import torch
-
-        from adcore.batch import BatchScorer
 
         if threads:
             torch.set_num_threads(threads)
@@ -184,7 +186,9 @@ def _score_rows(rows, part, scorer, source, address, workers, on_batch) -> None:
             fn_constructor_kwargs={
                 "source": source,
                 "scorer_options": options,
-                "threads": int(resources["num_cpus"]) if "num_cpus" in resources else None,
+                # The local engine's intra-op threads: float32 sums grouped alike, so the same scores
+                # to the last digit (another thread count moves some in the 7th digit).
+                "threads": None if "num_gpus" in resources else torch.get_num_threads(),
             },
             udf_modifying_row_count=False,
             **resources,

@@ -73,7 +73,8 @@ def test_a_killed_ray_job_started_again_writes_every_row_once(ray_instance, trai
             "--batch-size", "2", "--device", "cpu"]  # fmt: skip
     address = ray_instance.get_runtime_context().gcs_address
     job = subprocess.Popen([sys.executable, "-m", "adcore", *args, "--ray-address", address, "--workers", "1"],
-                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                           cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},  # torch threads as in tests
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and job.poll() is None:
@@ -109,3 +110,21 @@ def test_without_ray_the_message_names_the_extra(trained, tmp_path, monkeypatch,
 def test_adcore_never_imports_ray_unless_asked():
     code = "import sys, adcore.cli, adcore.cli.score, adcore.ray_engine; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+def test_a_text_file_of_paths_scores_alike_in_both_engines(ray_instance, trained, tmp_path, capsys):
+    folder_rows = [line.split(",") for line in trained["local"].decode().splitlines()]
+    listed = [IMAGES / row[0] for row in folder_rows[1:]]
+    paths = tmp_path / "photos.txt"
+    paths.write_text("# one path a line\n" + "".join(f"{p}\n\n" for p in listed) + "missing.jpg\nnotes.csv\n")
+    outs = {engine: tmp_path / f"{engine}.csv" for engine in ("local", "ray")}
+    for engine, out in outs.items():
+        code = cli_main(["score", "--engine", engine, "--run", str(trained["run"]), "--images", str(paths),
+                         "--out", str(out), "--batch-size", "4", "--device", "cpu"])  # fmt: skip
+        assert code == 0
+        printed = capsys.readouterr().out
+        assert "skipped missing.jpg: no such file" in printed and "skipped notes.csv: not an image" in printed
+    assert outs["ray"].read_bytes() == outs["local"].read_bytes()
+    rows = [line.split(",") for line in outs["local"].read_text().splitlines()]
+    assert [row[0] for row in rows[1:]] == [str(p) for p in listed]  # the paths as the list writes them
+    assert [row[1:] for row in rows] == [row[1:] for row in folder_rows]  # the folder's scores, in its order

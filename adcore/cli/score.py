@@ -18,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "score",
         help="score a folder or zip of images with a trained run or an exported model file",
         description=(
-            "Score every image of a folder or .zip (decoded batch by batch, so any size works) and "
-            "write one CSV row per image: path (relative to --images), score (higher = more anomalous), "
+            "Score every image of a folder, a .zip or a .txt list of paths (decoded batch by batch, so any size "
+            "works) and write one CSV row per image: path (relative to --images, or as the list writes it), "
+            "score (higher = more anomalous), "
             "decision (anomalous/normal at the model's threshold), and split/label in an MVTec layout. "
             "Files that cannot be read are listed at the end; they do not stop the run."
         ),
@@ -27,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="run folder written by `train` or the app (its chosen or default threshold)")
     source.add_argument("--model", help="model file written by `export` (threshold: the exported one)")
-    p.add_argument("--images", required=True, help="folder or zip of images (any layout)")
+    p.add_argument(
+        "--images", required=True, help="folder or zip of images (any layout), or a .txt file of image paths, one a line"
+    )
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--maps", default=None, metavar="DIR", help="also write a heat-map PNG per image under DIR")
     p.add_argument(
