@@ -35,7 +35,8 @@ from adcore.batch import (
     entry_batches,
     resumable_csv,
 )
-from adcore.export import LoadedModel
+from adcore.device import pick_device
+from adcore.export import LoadedModel, load_model, model_from_run
 
 RAY_REQUIREMENTS = "requirements-ray.txt"
 # A local instance on a small machine: a small object store (it lives in /dev/shm) and no dashboard.
@@ -67,17 +68,14 @@ class ModelSource:
     device: str = "auto"
 
     def load(self) -> LoadedModel:
-        from adcore.device import pick_device
-        from adcore.export import load_model, model_from_run
-
         device = pick_device(self.device)
         return load_model(self.path, device=device) if self.kind == "model" else model_from_run(self.path, device)
 
 
 @contextmanager
-def ray_session(address: str | None = None, cpus: int | None = None) -> Iterator[Any]:
+def ray_session(address: str | None = None) -> Iterator[Any]:
     """Connected to Ray for the block: the cluster at ``address``, an instance already started in this
-    process, or else a small local instance of ``cpus`` CPUs (default: this machine's) shut down after."""
+    process, or else a small local instance with this machine's CPUs, shut down after."""
     ray = import_ray()
     if ray.is_initialized():
         yield ray
@@ -86,7 +84,7 @@ def ray_session(address: str | None = None, cpus: int | None = None) -> Iterator
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         ray.init(
-            num_cpus=cpus or os.cpu_count() or 1,
+            num_cpus=os.cpu_count() or 1,
             object_store_memory=_LOCAL_OBJECT_STORE_BYTES,
             include_dashboard=False,
             log_to_driver=False,
@@ -109,6 +107,8 @@ def worker_resources(ray: Any, workers: int | None) -> tuple[int, dict[str, floa
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     if gpus:
+        if workers is not None and workers > gpus:
+            raise ValueError(f"{workers} workers of one GPU each do not fit the cluster's {gpus} GPU(s)")
         return workers or gpus, {"num_gpus": 1}
     workers = workers or max(1, cpus)
     if workers > cpus:
@@ -120,7 +120,6 @@ class _BatchWorker:
     """A Ray Data worker: loads the model once, then scores batches (one dataset row each)."""
 
     def __init__(self, source: ModelSource, scorer_options: dict, threads: int | None) -> None:
-
         if threads:
             torch.set_num_threads(threads)
         self.decode_threads = threads or 1

@@ -14,6 +14,7 @@ import pytest
 
 from adcore.batch import partial_path
 from adcore.cli import main as cli_main
+from adcore.ray_engine import worker_resources
 from adcore.training import TrainSpec, train_run
 from tests.helpers import make_tiny_mvtec
 
@@ -128,3 +129,23 @@ def test_a_text_file_of_paths_scores_alike_in_both_engines(ray_instance, trained
     rows = [line.split(",") for line in outs["local"].read_text().splitlines()]
     assert [row[0] for row in rows[1:]] == [str(p) for p in listed]  # the paths as the list writes them
     assert [row[1:] for row in rows] == [row[1:] for row in folder_rows]  # the folder's scores, in its order
+
+
+class Cluster:
+    """What ``worker_resources`` asks of Ray: the cluster's resources (no GPU here to ask a real one)."""
+
+    def __init__(self, resources: dict) -> None:
+        self.resources = resources
+
+    def cluster_resources(self) -> dict:
+        return self.resources
+
+
+def test_workers_take_one_gpu_each_where_the_cluster_has_gpus_else_a_share_of_its_cpus():
+    assert worker_resources(Cluster({"CPU": 64.0, "GPU": 4.0}), None) == (4, {"num_gpus": 1})
+    assert worker_resources(Cluster({"CPU": 64.0, "GPU": 4.0}), 2) == (2, {"num_gpus": 1})
+    assert worker_resources(Cluster({"CPU": 2.0}), None) == (2, {"num_cpus": 1})
+    assert worker_resources(Cluster({"CPU": 2.0}), 1) == (1, {"num_cpus": 2})
+    for resources, workers in (({"CPU": 2.0}, 3), ({"CPU": 64.0, "GPU": 4.0}, 5), ({"CPU": 2.0}, 0)):
+        with pytest.raises(ValueError, match="do not fit|at least 1"):
+            worker_resources(Cluster(resources), workers)
