@@ -46,15 +46,23 @@ def trained(tmp_path_factory):
     return {"run": run_dir, "model": model, "local": local.read_bytes()}
 
 
+@pytest.mark.slow  # a Ray worker pool starts (~5 s)
 def test_ray_scores_row_for_row_like_the_local_engine(ray_instance, trained, tmp_path):
+    for engine in ("ray", "local"):
+        code = cli_main(["score", "--engine", engine, "--run", str(trained["run"]), "--images", str(IMAGES),
+                         "--out", str(tmp_path / f"{engine}.csv"), "--batch-size", "4", "--device", "cpu",
+                         "--maps", str(tmp_path / f"maps-{engine}")] + (["--workers", "2"] if engine == "ray" else []))  # fmt: skip
+        assert code == 0
     out = tmp_path / "ray.csv"
-    code = cli_main(["score", "--engine", "ray", "--workers", "2", "--run", str(trained["run"]), "--images", str(IMAGES),
-                     "--out", str(out), "--batch-size", "4", "--device", "cpu"])  # fmt: skip
-    assert code == 0
     assert out.read_bytes() == trained["local"]  # same rows, same order, same score text
     assert not partial_path(out).exists() and not Path(f"{partial_path(out)}.log").exists()
+    maps = {engine: sorted((tmp_path / f"maps-{engine}").rglob("*.png")) for engine in ("ray", "local")}
+    assert len(maps["ray"]) == 50 and [p.relative_to(tmp_path / "maps-ray") for p in maps["ray"]] == [
+        p.relative_to(tmp_path / "maps-local") for p in maps["local"]]  # fmt: skip
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(maps["ray"], maps["local"]))  # the same heat maps
 
 
+@pytest.mark.slow  # a Ray worker pool starts (~5 s)
 def test_ray_scores_a_zip_with_a_model_file_like_the_local_engine(ray_instance, trained, tmp_path):
     archive = tmp_path / "test.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -67,6 +75,7 @@ def test_ray_scores_a_zip_with_a_model_file_like_the_local_engine(ray_instance, 
     assert out.read_bytes() == trained["local"]
 
 
+@pytest.mark.slow  # a Ray worker pool starts (~5 s)
 def test_a_killed_ray_job_started_again_writes_every_row_once(ray_instance, trained, tmp_path, capsys):
     out = tmp_path / "ray.csv"
     log = Path(f"{partial_path(out)}.log")
@@ -113,6 +122,7 @@ def test_adcore_never_imports_ray_unless_asked():
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
 
 
+@pytest.mark.slow  # a Ray worker pool starts (~5 s)
 def test_a_text_file_of_paths_scores_alike_in_both_engines(ray_instance, trained, tmp_path, capsys):
     folder_rows = [line.split(",") for line in trained["local"].decode().splitlines()]
     listed = [IMAGES / row[0] for row in folder_rows[1:]]
