@@ -84,24 +84,28 @@ def view_controls(run: Run) -> dict[str, Any]:
 
 
 def show_views(image: np.ndarray, anomaly_map: np.ndarray | None, mask: np.ndarray | None,
-               controls: dict[str, Any], reconstruction: Callable[[], np.ndarray | None]) -> None:  # fmt: skip
+               controls: dict[str, Any], reconstruction: Callable[[], np.ndarray | None] | None) -> None:  # fmt: skip
     """Original (ground truth in red) | reconstruction | heat map | predicted region (cyan).
 
     ``reconstruction`` is called inside the second column: it may draw its own switch there and
-    returns the reconstruction (HWC uint8) to show, or None."""
+    returns the reconstruction (HWC uint8) to show, or None. None: the method rebuilds nothing, and
+    there is no such column (no empty gap between the photo and its heat map)."""
     small = viz.fit_size(image, DISPLAY_SIDE)
     truth = None
     if mask is not None and mask.any():
         truth = viz.fit_size(mask.astype(np.uint8) * 255, DISPLAY_SIDE, nearest=True) > 127
     thickness = max(1, DISPLAY_SIDE // 160)
-    cols = st.columns(4)
+    cols = st.columns(4) if reconstruction is not None else st.columns(3)
+    if reconstruction is None:
+        cols.insert(1, None)
     original = small if truth is None else viz.draw_mask_outline(small, truth, thickness=thickness)
     caption = "Original" + (" · ground truth in red" if truth is not None else "")
     cols[0].image(original, caption=caption, width="stretch")
-    with cols[1]:
-        rebuilt = reconstruction()
-        if rebuilt is not None:
-            st.image(viz.fit_size(rebuilt, DISPLAY_SIDE), caption="Reconstruction by the model", width="stretch")
+    if reconstruction is not None:
+        with cols[1]:
+            rebuilt = reconstruction()
+            if rebuilt is not None:
+                st.image(viz.fit_size(rebuilt, DISPLAY_SIDE), caption="Reconstruction by the model", width="stretch")
     if anomaly_map is None:
         cols[2].caption("This method gives no anomaly map: only an image score.")
         return
@@ -231,8 +235,6 @@ def show_row(run: Run, ctx: viz.ScoreContext, row: int, controls: dict[str, Any]
             mask = None
 
     def reconstruction() -> np.ndarray | None:
-        if not catalog.entry(run.method_name).reconstructs:
-            return None  # nothing to switch on: the method does not rebuild images
         on = common.remembered(
             st.toggle, "Reconstruction", key="inspect.reconstruct", value=False,
             help="Loads the model and runs it on this one image (cached) to show what it rebuilds; the "
@@ -246,7 +248,8 @@ def show_row(run: Run, ctx: viz.ScoreContext, row: int, controls: dict[str, Any]
             st.caption("This method does not rebuild images, so there is no reconstruction to show.")
         return rebuilt
 
-    show_views(image, stored, mask, controls, reconstruction)
+    rebuilds = catalog.entry(run.method_name).reconstructs
+    show_views(image, stored, mask, controls, reconstruction if rebuilds else None)
     if results["role"][row] == "synthetic":
         st.caption(
             "A synthetic defect: a patch pasted onto a hold-out normal image by the training run, not a real defect."
@@ -323,7 +326,7 @@ def score_new_image(run: Run, ctx: viz.ScoreContext, controls: dict[str, Any], t
         # hottest hold-out normal pixel), not at the slider above, which is for browsing the run's images.
         display = controls["display"]
         own = {**controls, "pixel": None if display is None else display["high"]}
-        show_views(image, out["map"], None, own, lambda: out["reconstruction"])
+        show_views(image, out["map"], None, own, (lambda: out["reconstruction"]) if out["reconstruction"] is not None else None)
         if display is not None:
             st.caption(
                 f"The decision comes from the image score alone. The cyan region marks the pixels at or above "
@@ -338,7 +341,7 @@ def score_new_image(run: Run, ctx: viz.ScoreContext, controls: dict[str, Any], t
     # hold-out normal pixel".
     display = loaded.map_display
     own = {**controls, "display": display, "pixel": None if display is None else display["high"]}
-    show_views(image, out["map"], None, own, lambda: out["reconstruction"])
+    show_views(image, out["map"], None, own, (lambda: out["reconstruction"]) if out["reconstruction"] is not None else None)
 
 
 # --- the page -----------------------------------------------------------------------------------
