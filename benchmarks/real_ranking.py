@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adcore.cli.bench import bench  # noqa: E402
-from adcore.methods.auto import candidate_grid  # noqa: E402
+from adcore.data import load_image, open_image_set  # noqa: E402
+from adcore.methods.auto import candidate_grid, working_size  # noqa: E402
 
 REAL = ("image_auroc", "pixel_auroc", "pixel_pro", "hit_rate")
 
@@ -35,10 +36,12 @@ def main() -> int:
     done = json.loads(out.read_text()) if out.exists() else []
     have = {r["candidate"] for r in done}
     grid = candidate_grid()
+    size = working_size([load_image(r.path) for r in open_image_set(args.data).normal_train])
+    print(f"working size {size}", file=sys.stderr)
     for i, cand in enumerate(grid):
         if (args.only is not None and i not in args.only) or cand.label in have:
             continue
-        base = {"image_size": 224, "seed": 0, "backbone": "efficientnet_lite0", "batch_size": 16}
+        base = {"image_size": size, "seed": 0, "batch_size": 16}
         params = {**cand.params(base), "edge_padding": args.edge_padding}
         rows = bench(args.data, ["patchcore"], params={"patchcore": params}, scorers=["own"])
         row = {"candidate": cand.label, **{k: rows[0].get(k) for k in (*REAL, "train_seconds", "error")}}

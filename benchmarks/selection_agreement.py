@@ -86,7 +86,10 @@ def main() -> int:
     method = Measured(seed=args.seed, max_members=1, **parse_params(Auto, [f"{k}={v}" for k, v in params.items()]))
     t0 = time.monotonic()
     # Only the search is needed: stop after it by fitting members on nothing heavier than required.
+    from adcore.methods.auto import working_size
+
     method.config_ = method.get_params()
+    method.config_["image_size"] = method.config_["image_size"] or working_size(fit_images)
     method.device_ = FitContext().device
     method.rng_ = np.random.default_rng(args.seed)
     method.augmentations_ = []

@@ -59,7 +59,7 @@ SEARCH_BANK = 2048  # patches kept in a candidate's search memory (the final fit
 # candidate look worse on real defects, and differently so, than its full fit will be).
 SEARCH_CANDIDATE_PATCHES = 20_000
 SEARCH_PROJECTION = 64  # dimensions the search coreset measures distances in (PatchCore's own uses 128)
-MIN_WORKING_SIZE, MAX_WORKING_SIZE = 224, 320  # the ImageNet networks' scale .. what 2 CPU cores afford
+MIN_WORKING_SIZE, MAX_WORKING_SIZE = 224, 256  # the ImageNet networks' scale .. what 2 CPU cores afford (a 10 % memory of 320-px tile photos takes minutes to select)
 MEMBER_CORESET = 0.1  # PatchCore's default memory; smaller prefixes of it are tried on the hold-out photos
 MEMORY_SHARES = (0.01, 0.03, 0.1)  # memory sizes (share of all patches) judged on the hold-out photos
 SATURATED = 0.995  # every candidate at or above this selection score: the synthetic set tells them apart no more
