@@ -46,9 +46,11 @@ class SameConv2d(nn.Conv2d):
         sh, sw = self.stride
         pad_h = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
         pad_w = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
-        if pad_h or pad_w:
+        if pad_h % 2 or pad_w % 2:  # uneven: the extra pixel goes bottom/right, which conv2d cannot do
             x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
-        return F.conv2d(x, self.weight, None, self.stride, 0, self.dilation, self.groups)
+            return F.conv2d(x, self.weight, None, self.stride, 0, self.dilation, self.groups)
+        # Even padding is the same zeros on both sides: let conv2d add them (no padded copy, same result).
+        return F.conv2d(x, self.weight, None, self.stride, (pad_h // 2, pad_w // 2), self.dilation, self.groups)
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -72,8 +74,9 @@ class MBConv(nn.Module):
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        # In-place activations: the batch-norm outputs are fresh tensors, so nothing else sees them.
+        y = F.relu6(self._bn0(self._expand_conv(x)), inplace=True) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace=True)
         y = self._bn2(self._project_conv(y))
         return x + y if self.residual else y
 

@@ -195,3 +195,34 @@ def test_the_run_and_its_report_show_the_selection(tmp_path):
     fit = run.results["role"] == "fit"
     assert run.load_method().selection_["members"] == selection["members"]
     assert np.isfinite(run.results["score"][fit]).all()
+
+
+def test_members_fitted_from_the_search_features_equal_a_fit_on_the_photos(normal_images):
+    """auto fits its members from the search's features instead of extracting them again: the
+    memory must be the one a PatchCore fit on the same photos chooses."""
+    from adcore.methods.auto import Candidate, _rows
+
+    cand = Candidate("none", "8+16", 3)
+    params = {**cand.params({"image_size": 64, "seed": 0, "batch_size": 8}), "coreset_ratio": 0.05}
+    direct = build_method("patchcore", **params).fit(normal_images, FitContext(device=CPU))
+    auto = Auto(**TINY)
+    auto._prepare(FitContext(device=CPU))
+    proto = auto._prototype(cand)
+    feats = auto._extract(proto, proto._fit_images(normal_images), FitContext(device=CPU), "features")
+    patches = torch.cat([_rows(auto._embed(cand, f)) for f in feats])
+    reused = build_method("patchcore", **params).fit_patches(patches, len(normal_images), FitContext(device=CPU))
+    torch.testing.assert_close(reused.bank_, direct.bank_, rtol=1e-5, atol=1e-5)
+    probe = normal_images[:3]
+    np.testing.assert_allclose(reused.predict(probe).scores, direct.predict(probe).scores, rtol=1e-5)
+
+
+def test_prefix_nearest_is_the_nearest_distance_to_each_prefix_of_the_memory():
+    from adcore.methods.auto import prefix_nearest
+    from adcore.methods.patchcore import knn_distance
+
+    gen = torch.Generator().manual_seed(0)
+    queries, bank = torch.randn(300, 16, generator=gen), torch.randn(500, 16, generator=gen)
+    nearest = prefix_nearest(queries, bank, [1, 37, 500])
+    for k in (1, 37, 500):
+        torch.testing.assert_close(nearest[k], knn_distance(queries, bank[:k], 1))
+    assert (nearest[1] >= nearest[37]).all() and (nearest[37] >= nearest[500]).all()

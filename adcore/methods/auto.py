@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from adcore.backbones import BACKBONES
 from adcore.methods.base import FitContext, Method, Prediction, gaussian_blur, register_method
-from adcore.methods.patchcore import PatchCore, greedy_coreset, knn_distance, patch_embedding
+from adcore.methods.patchcore import DISTANCE_CHUNK, PatchCore, greedy_coreset, knn_distance, patch_embedding
 from adcore.registry import Param
 from adcore.synthetic import FAMILIES, make_defect
 
@@ -234,6 +234,7 @@ class Auto(Method):
 
     # -- fitting ---------------------------------------------------------------------------------
     def _build(self) -> None:
+        self.kept_features_: dict[tuple, tuple[list[dict], list[dict]]] = {}
         self.members_: list[Method] = []
         self.member_params_: list[dict[str, Any]] = []
         self.calibration_ = torch.zeros(0, 2)
@@ -271,7 +272,10 @@ class Auto(Method):
         grid = candidate_grid(tile, self._backbones())
         per_family = max(1, round(MIN_DEFECTS_PER_FAMILY / n_val))
         v_images, kinds, masks, source = validation_set(val_images, per_family, self.rng_)
-        rows = self._search(grid, search_bank, v_images, np.array(kinds), masks, np.array(source), ctx)
+        # Where the search memories were built from every photo the members are fitted on, the
+        # members reuse the search's features (and the kept-aside photos' features judge their memory).
+        keep = len(search_bank) == len(rest)
+        rows = self._search(grid, search_bank, v_images, np.array(kinds), masks, np.array(source), ctx, keep)
         search_s = time.monotonic() - started
         members, decision, reason = self._decide(grid, rows)
         self.selection_ = {"decision": decision, "reason": reason, "candidates": rows, "image_size": cfg["image_size"],
@@ -307,9 +311,10 @@ class Auto(Method):
         masks: list[np.ndarray | None],
         source: np.ndarray,
         ctx: FitContext,
+        keep_features: bool = False,
     ) -> list[dict[str, Any]]:
-        """Score every candidate on the validation set; one row per candidate, in grid order."""
-        cfg = self.config_
+        """Score every candidate on the validation set; one row per candidate, in grid order. With
+        ``keep_features``, the whole-photo views' features stay in ``kept_features_`` for the final fit."""
         results: dict[Candidate, dict[str, Any]] = {}
         views = list(dict.fromkeys(c.view for c in grid))
         done = 0
@@ -328,6 +333,8 @@ class Auto(Method):
                 done += 1
                 ctx.report(step=done, total_steps=len(grid), images=done, phase="search: judging candidates",
                            record=False, selection={"candidates": [self._row(c, results[c]) for c in results]})
+            if keep_features and not view[1]:
+                self.kept_features_[view] = (bank_feats, val_feats)
             del bank_feats, val_feats
         self._bootstrap(grid, results, kinds, source)
         return [self._row(c, results[c]) for c in grid]
@@ -449,23 +456,25 @@ class Auto(Method):
                 result.append(stitch(tiles, boxes, im.shape[:2]))
         return result
 
-    def _choose_memory(self, member: PatchCore, v_images, kinds, masks, source) -> dict[str, Any]:
+    def _choose_memory(self, member: PatchCore, cand: Candidate, val_feats: list[dict] | None, v_images, kinds,
+                       masks, source, ctx: FitContext) -> tuple[dict[str, Any], list[np.ndarray]]:
         """Keep PatchCore's 10 % memory, or a smaller prefix of it (greedy coreset picks are nested)
         where the hold-out photos say clearly that it separates the synthetic defects better: a
-        smaller memory forgets rare normal patches, which can lift defects above them, or flag them."""
+        smaller memory forgets rare normal patches, which can lift defects above them, or flag them.
+        Returns the table row and the chosen memory's maps of the validation photos."""
         full = member.bank_
         n_patches = getattr(member, "n_patches_", len(full) / MEMBER_CORESET)
         sizes = {share: max(1, min(len(full), round(n_patches * share))) for share in MEMORY_SHARES}
-        maps: dict[float, list] = {share: [None] * len(v_images) for share in sizes}
+        if val_feats is None:
+            val_feats = self._extract(member, v_images, ctx, "choosing the memory size: features")
+        patch_maps: dict[float, list[torch.Tensor]] = {share: [] for share in sizes}
         with torch.inference_mode():
-            for idx, x in member._shaped_batches(v_images, member.config_["batch_size"]):
-                emb = member._embed(x)
+            for f in val_feats:
+                e = self._embed(cand, f)
+                nearest = prefix_nearest(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]), full, list(sizes.values()))
                 for share, k in sizes.items():
-                    member.bank_ = full[:k]
-                    out = member._outputs(x, emb, member._distances(emb))["maps"]
-                    for i, m in zip(idx, out):
-                        maps[share][i] = _resize_map(m, v_images[i].shape[:2])
-        member.bank_ = full
+                    patch_maps[share].append(nearest[k].view(1, 1, *e.shape[-2:]))
+        maps = {share: self._val_maps(member, pm, val_feats, None, v_images) for share, pm in patch_maps.items()}
         results = {}
         normal_idx, defect_idx = np.flatnonzero(kinds == "normal"), np.flatnonzero(kinds != "normal")
         for share, image_maps in maps.items():
@@ -483,7 +492,7 @@ class Auto(Method):
         # Leave the default only on clear evidence: it matches the best in too few resamples.
         chosen = best if best != default and results[default]["win_share"] <= 1 - self.config_["confidence"] else default
         member.bank_ = full[: sizes[chosen]].contiguous()
-        return {
+        row = {
             "member": member.config_["layers"] + f", neighbourhood {member.config_['neighbourhood']}",
             "chosen share": chosen,
             "patches": sizes[chosen],
@@ -491,6 +500,7 @@ class Auto(Method):
                          "image": round(results[sh]["image"], 4), "pixel": round(results[sh]["pixel"], 4),
                          "matches the best in": results[sh]["win_share"]} for sh in shares],
         }
+        return row, maps[chosen]
 
     def _bootstrap(self, grid, results, kinds, source) -> None:
         """Paired bootstrap over the clean hold-out photos (each with the defects made from it): for
@@ -542,7 +552,8 @@ class Auto(Method):
         self.member_params_ = [c.params(self.config_) for c in members]
         self.members_ = []
         self.selection_["memory"] = []
-        for k, params in enumerate(self.member_params_):
+        calibration = torch.tensor([[0.0, 1.0]] * len(members))
+        for k, (cand, params) in enumerate(zip(members, self.member_params_)):
             member = _patchcore(params)
 
             def relay(event: dict, k=k) -> None:
@@ -551,17 +562,29 @@ class Auto(Method):
 
             sub = FitContext(device=self.device_, augmentations=[], on_progress=relay, stop_event=ctx.stop_event,
                              history=ctx.history, started=ctx.started, budget_s=ctx.budget_s)
-            member.fit(fit_images, sub)
+            bank_feats, val_feats = self.kept_features_.get(cand.view, (None, None))
+            if bank_feats is not None:
+                with torch.inference_mode():
+                    patches = torch.cat([_rows(self._embed(cand, f)) for f in bank_feats])
+                member.fit_patches(patches, len(bank_feats), sub)
+                del patches
+            else:
+                member.fit(fit_images, sub)
             ctx.stopped_by_budget |= sub.stopped_by_budget
+            normal_maps = None
             if validation is not None and not params["tile_size"]:
                 ctx.report(step=k, total_steps=len(members), images=k, phase="choosing the memory size", record=False)
-                self.selection_["memory"].append(self._choose_memory(member, *validation))
-            self.members_.append(member)
-        calibration = torch.tensor([[0.0, 1.0]] * len(self.members_))
-        if calibration_images and len(self.members_) > 1:
-            for k, member in enumerate(self.members_):
-                values = np.concatenate([m.ravel() for m in member.predict(calibration_images).anomaly_maps])
+                row, maps = self._choose_memory(member, cand, val_feats, *validation, ctx)
+                self.selection_["memory"].append(row)
+                normal_maps = [m for m, kind in zip(maps, validation[1]) if kind == "normal"]
+            if calibration_images and len(members) > 1:
+                # The kept-aside photos' maps put each member on one scale (z-scores).
+                if normal_maps is None:
+                    normal_maps = member.predict(calibration_images).anomaly_maps
+                values = np.concatenate([m.ravel() for m in normal_maps])
                 calibration[k] = torch.tensor([values.mean(), max(values.std(), 1e-6)])
+            self.members_.append(member)
+        self.kept_features_ = {}
         self.calibration_ = calibration
 
     # -- scoring ---------------------------------------------------------------------------------
@@ -642,6 +665,23 @@ def describe_selection(selection: dict[str, Any]) -> tuple[list[dict[str, Any]],
     if selection.get("total_seconds") is not None:
         parts.append(f"Search {selection['search_seconds']:.0f} s, with the final fit {selection['total_seconds']:.0f} s.")
     return rows, " ".join(parts)
+
+
+def prefix_nearest(queries: torch.Tensor, bank: torch.Tensor, sizes: Sequence[int]) -> dict[int, torch.Tensor]:
+    """{k: (Q,) Euclidean distance of each query to its nearest row among the first k of ``bank``}
+    for every k in ``sizes``, from one distance computation (in chunks of queries)."""
+    rows = max(1, DISTANCE_CHUNK // max(1, len(bank)))
+    parts: dict[int, list[torch.Tensor]] = {k: [] for k in sizes}
+    for start in range(0, len(queries), rows):
+        d = torch.cdist(queries[start : start + rows], bank)
+        for k in sizes:
+            parts[k].append(d[:, :k].min(1).values)
+    return {k: torch.cat(v) if v else queries.new_zeros(0) for k, v in parts.items()}
+
+
+def _rows(embedding: torch.Tensor) -> torch.Tensor:
+    """(B, D, h, w) patch embeddings -> (B*h*w, D) rows, as PatchCore's memory holds them."""
+    return embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])
 
 
 def _patchcore(params: dict[str, Any]) -> PatchCore:

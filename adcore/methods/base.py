@@ -242,14 +242,20 @@ class Method:
         self.config_ = self.get_params()
         if len(images) < 2:
             raise ValueError(f"{self.name} needs at least 2 normal images to train, got {len(images)}")
+        self._prepare(ctx)
+        self._fit(self._fit_images(images), ctx)
+        return self
+
+    def _prepare(self, ctx: FitContext) -> None:
+        """Everything ``fit`` sets up before it learns: the parameters, device, seeds, the
+        augmentation chain and the (unfitted) modules."""
+        self.config_ = self.get_params()
         self.device_ = ctx.device
         seed_everything(self.config_["seed"], ctx.device)
         self.rng_ = np.random.default_rng(self.config_["seed"])
         augmentations = self.default_augmentations if ctx.augmentations is None else ctx.augmentations
         self.augmentations_ = [(name, dict(p)) for name, p in augmentations]
         self._build()
-        self._fit(self._fit_images(images), ctx)
-        return self
 
     def _total_steps(self, n_images: int) -> int:
         """Optimisation steps in ``epochs`` passes over ``n_images`` (at least one per epoch)."""

@@ -318,18 +318,29 @@ class PatchCore(PretrainedFeatures):
         return patch_embedding(self._features(x), self.projection_, self.config_["neighbourhood"])
 
     def _fit(self, images: np.ndarray, ctx: FitContext) -> None:
-        cfg = self.config_
         patches = []
         with torch.inference_mode():
             for x in self._each_batch(images, ctx, "extracting features"):
                 emb = self._embed(x)
                 patches.append(emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1]))
-        patches = torch.cat(patches)
+        self._fit_patches(torch.cat(patches), len(images), ctx)
+
+    def fit_patches(self, patches: torch.Tensor, n_images: int, ctx: FitContext | None = None) -> "PatchCore":
+        """Fit from patch embeddings already made as ``_embed`` makes them, (N, D) rows from
+        ``n_images`` photos: the memory is chosen exactly as ``fit`` would from the same patches.
+        For callers that have the features already (``auto`` reuses its search's)."""
+        ctx = ctx or FitContext()
+        self._prepare(ctx)
+        self._fit_patches(patches.to(self.device_), n_images, ctx)
+        return self
+
+    def _fit_patches(self, patches: torch.Tensor, n_images: int, ctx: FitContext) -> None:
+        cfg = self.config_
         self.n_patches_ = len(patches)  # how many the memory was chosen from (not saved; auto reads it)
         n_keep = min(cfg["max_bank"], max(1, int(round(len(patches) * cfg["coreset_ratio"]))))
 
         def on_step(i: int) -> bool:
-            ctx.report(step=i, total_steps=n_keep, images=len(images), phase="selecting coreset")
+            ctx.report(step=i, total_steps=n_keep, images=n_images, phase="selecting coreset")
             return ctx.out_of_budget()
 
         if n_keep >= len(patches):
@@ -337,7 +348,7 @@ class PatchCore(PretrainedFeatures):
         else:
             idx = greedy_coreset(patches, n_keep, seed=cfg["seed"], on_step=on_step)
             self.bank_ = patches[idx.to(patches.device)].contiguous()
-        ctx.report(step=n_keep, total_steps=n_keep, images=len(images), phase="selecting coreset")
+        ctx.report(step=n_keep, total_steps=n_keep, images=n_images, phase="selecting coreset")
 
     def _distances(self, emb: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) patch embeddings -> (B, 1, h, w) distances to the nearest remembered patches."""
