@@ -48,7 +48,12 @@ def test_the_selection_table_judges_every_candidate(fitted):
 
     for memory, member in zip(table["memory"], method.members_):
         assert [o["share"] for o in memory["options"]] == list(MEMORY_SHARES)
-        assert memory["chosen share"] in MEMORY_SHARES and len(member.bank_) == memory["patches"]
+        assert memory["chosen share"] in MEMORY_SHARES
+        # Then refitted on every normal photo (the kept-aside ones too) at the share it chose.
+        finest = min(int(s) for s in member.config_["layers"].split("+"))
+        assert member.n_patches_ == 24 * (64 // finest) ** 2
+        assert member.config_["coreset_ratio"] == memory["chosen share"]
+        assert len(member.bank_) == round(member.n_patches_ * memory["chosen share"])
         default = next(o for o in memory["options"] if o["share"] == 0.1)
         if memory["chosen share"] != 0.1:
             assert default["matches the best in"] is not None and default["matches the best in"] <= 0.1
@@ -58,32 +63,64 @@ def test_the_selection_table_judges_every_candidate(fitted):
 
 
 def test_the_decision_follows_the_table(fitted):
+    """Scores come from the best candidate by image separation, maps from the best by pixel
+    separation, or from the best few combined where their measured combination separates better."""
     method, _ = fitted
     table = method.selection_
-    best = max(table["candidates"], key=lambda r: r["score"])
-    chosen = table["members"][0]
-    assert (chosen["layers"], chosen["neighbourhood"], chosen["normalize"]) == (
-        best["layers"], best["neighbourhood"], best["normalize"])
-    close = [r for r in table["candidates"] if r is not best and r["beats best"] > 0.1]
-    if table["decision"] == "pick":
-        assert not close and len(method.members_) == 1
-    else:
-        assert 1 < len(method.members_) <= 3
+    key = lambda r: (r["layers"], r["neighbourhood"], r["normalize"])  # noqa: E731
+    labels = {key(r): r["candidate"] for r in table["candidates"]}
+    for part, which in (("image", table["image_members"]), ("pixel", table["map_members"])):
+        used = [labels[key(table["members"][k])] for k in which]
+        best = max(table["candidates"], key=lambda r: r[part])
+        combos = [c for c in table["combinations"] if part in c["of the best by"]]
+        top = max(combos, key=lambda c: c[part])
+        clear = top[part] > best[part] and best[f"beats best {part}"] <= 0.1  # the best one rarely matches it
+        if part == "pixel" and "from the same" in table["pixel reason"]:
+            # The photo scores' choice draws maps within noise of the best: it draws them too.
+            assert table["map_members"] == table["image_members"]
+        elif table[f"{part} decision"] == "pick":
+            assert used == [best["candidate"]] and not clear
+        else:
+            assert used == top["combination"] and clear
+    assert len(method.members_) == len({k for k in table["image_members"] + table["map_members"]})
 
 
-def test_combining_averages_the_calibrated_member_maps(normal_images):
-    # confidence 1.0: any candidate that ever matches the best in a resample is "within noise".
-    method = build_method("auto", **TINY, confidence=1.0).fit(normal_images, FitContext(device=CPU))
-    assert method.selection_["decision"] == "combine" and len(method.members_) > 1
+def test_scores_and_maps_come_from_their_own_members_combined_on_one_scale(normal_images):
+    method = build_method("auto", **TINY)
+    method._prepare(FitContext(device=CPU))
+    method.selection_ = {}
+    fit, calibration = normal_images[:18], normal_images[18:]
+    grid = candidate_grid()
+    method._fit_members([grid[0], grid[6]], fit, calibration, FitContext(device=CPU), None, [0], [0, 1], refit=False)
     probe = [textured(np.random.default_rng(9), 64)]
     probe[0][20:30, 20:30] = 250
     pred = method.predict(probe)
     parts = [m.predict(probe).anomaly_maps[0] for m in method.members_]
     expected = np.mean([(p - float(c[0])) / float(c[1]) for p, c in zip(parts, method.calibration_)], 0)
     assert np.allclose(pred.anomaly_maps[0], expected, atol=1e-5)
-    assert pred.scores[0] == pytest.approx(float(expected.max()), rel=1e-5)
+    assert pred.scores[0] == pytest.approx(float(parts[0].max()), rel=1e-6)  # scores: member 0 alone, raw
     # Calibrated on the kept-aside photos: their maps have mean 0 and spread 1 for every member.
-    assert method.calibration_[:, 1].min() > 0
+    for member, (mu, sd) in zip(method.members_, method.calibration_.tolist()):
+        values = np.concatenate([m.ravel() for m in member.predict(calibration).anomaly_maps])
+        assert (values.mean() - mu) / sd == pytest.approx(0, abs=1e-4) and values.std() / sd == pytest.approx(1, rel=1e-4)
+    # Both roles survive save/load.
+    loaded = build_method("auto", **TINY).load_state_dict(method.state_dict(), CPU)
+    again = loaded.predict(probe)
+    assert np.array_equal(again.scores, pred.scores) and np.array_equal(again.anomaly_maps[0], pred.anomaly_maps[0])
+
+
+def test_measured_combinations_are_the_z_scored_mean_of_the_members_maps():
+    from adcore.methods.auto import combine_maps
+
+    rng = np.random.default_rng(0)
+    kinds = np.array(["normal", "normal", "spot"])
+    a = [rng.normal(5, 2, (4, 4)) for _ in kinds]
+    b = [rng.normal(-1, 0.5, (4, 4)) for _ in kinds]
+    out = combine_maps([a, b], kinds)
+    za = [(m - np.concatenate([a[0].ravel(), a[1].ravel()]).mean()) / np.concatenate([a[0].ravel(), a[1].ravel()]).std() for m in a]
+    zb = [(m - np.concatenate([b[0].ravel(), b[1].ravel()]).mean()) / np.concatenate([b[0].ravel(), b[1].ravel()]).std() for m in b]
+    for o, x, y in zip(out, za, zb):
+        assert np.allclose(o, (x + y) / 2)
 
 
 def test_save_and_load_give_identical_scores(fitted, normal_images):
