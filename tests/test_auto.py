@@ -48,15 +48,14 @@ def test_the_selection_table_judges_every_candidate(fitted):
 
     for memory, member in zip(table["memory"], method.members_):
         assert [o["share"] for o in memory["options"]] == list(MEMORY_SHARES)
-        assert memory["chosen share"] in MEMORY_SHARES
+        assert memory["chosen share"] == 0.1  # memory=report: the table is shown, PatchCore's 10 % kept
         # Then refitted on every normal photo (the kept-aside ones too) at the share it chose.
         finest = min(int(s) for s in member.config_["layers"].split("+"))
         assert member.n_patches_ == 24 * (64 // finest) ** 2
         assert member.config_["coreset_ratio"] == memory["chosen share"]
         assert len(member.bank_) == round(member.n_patches_ * memory["chosen share"])
-        default = next(o for o in memory["options"] if o["share"] == 0.1)
-        if memory["chosen share"] != 0.1:
-            assert default["matches the best in"] is not None and default["matches the best in"] <= 0.1
+        best = max(memory["options"], key=lambda o: o["score" if memory["judged by"] == "score" else memory["judged by"]])
+        assert memory["best on the kept-aside photos"] == best["share"]
     # The page sees the table grow while the search runs.
     live = [e["selection"]["candidates"] for e in events if "selection" in e and "decision" not in e["selection"]]
     assert [len(rows) for rows in live] == list(range(1, len(grid) + 1))
@@ -263,3 +262,28 @@ def test_prefix_nearest_is_the_nearest_distance_to_each_prefix_of_the_memory():
     for k in (1, 37, 500):
         torch.testing.assert_close(nearest[k], knn_distance(queries, bank[:k], 1))
     assert (nearest[1] >= nearest[37]).all() and (nearest[37] >= nearest[500]).all()
+
+
+def test_members_that_see_photos_alike_share_one_extraction_with_the_same_results(normal_images):
+    from adcore.methods.auto import _shared_predict
+
+    grid = candidate_grid()
+    members = [build_method("patchcore", **c.params({"image_size": 64, "seed": 0, "batch_size": 8}))
+               .fit(normal_images[:10], FitContext(device=CPU)) for c in (grid[4], grid[6], grid[7])]  # all "none"
+    probe = normal_images[10:14] + [np.ascontiguousarray(normal_images[15][:48])]  # another shape too
+    for alone, shared in zip([m.predict(probe, 4) for m in members], _shared_predict(members, probe, 4)):
+        np.testing.assert_allclose(shared.scores, alone.scores, rtol=1e-6)
+        np.testing.assert_allclose(shared.embeddings, alone.embeddings, rtol=1e-6, atol=1e-7)
+        for a, b in zip(alone.anomaly_maps, shared.anomaly_maps):
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+
+
+def test_memory_choose_leaves_10_percent_only_on_clear_evidence(normal_images):
+    method = build_method("auto", **TINY, memory="choose").fit(normal_images, FitContext(device=CPU))
+    for memory in method.selection_["memory"]:
+        default = next(o for o in memory["options"] if o["share"] == 0.1)
+        if memory["chosen share"] != 0.1:
+            assert memory["chosen share"] == memory["best on the kept-aside photos"]
+            assert default["matches the best in"] is not None and default["matches the best in"] <= 0.1
+        else:
+            assert default["matches the best in"] is None or default["matches the best in"] > 0.1
