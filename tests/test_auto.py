@@ -49,13 +49,10 @@ def test_the_selection_table_judges_every_candidate(fitted):
     for memory, member in zip(table["memory"], method.members_):
         assert [o["share"] for o in memory["options"]] == list(MEMORY_SHARES)
         assert memory["chosen share"] == 0.1  # memory=report: the table is shown, PatchCore's 10 % kept
-        # Then refitted on every normal photo (the kept-aside ones too) at the share it chose.
-        finest = min(int(s) for s in member.config_["layers"].split("+"))
-        assert member.n_patches_ == 24 * (64 // finest) ** 2
-        assert member.config_["coreset_ratio"] == memory["chosen share"]
-        assert len(member.bank_) == round(member.n_patches_ * memory["chosen share"])
         best = max(memory["options"], key=lambda o: o["score" if memory["judged by"] == "score" else memory["judged by"]])
         assert memory["best on the kept-aside photos"] == best["share"]
+    for member in method.members_:
+        _assert_fitted_on_every_photo(member, 0.1)
     # The page sees the table grow while the search runs.
     live = [e["selection"]["candidates"] for e in events if "selection" in e and "decision" not in e["selection"]]
     assert [len(rows) for rows in live] == list(range(1, len(grid) + 1))
@@ -278,9 +275,19 @@ def test_members_that_see_photos_alike_share_one_extraction_with_the_same_result
             np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
 
 
+def _assert_fitted_on_every_photo(member, share: float) -> None:
+    """The final memory holds the 24 normal photos' patches (the kept-aside ones too) at ``share``."""
+    finest = min(int(s) for s in member.config_["layers"].split("+"))
+    assert member.n_patches_ == 24 * (64 // finest) ** 2
+    assert member.config_["coreset_ratio"] == share
+    assert len(member.bank_) == round(member.n_patches_ * share)
+
+
 def test_memory_choose_leaves_10_percent_only_on_clear_evidence(normal_images):
     method = build_method("auto", **TINY, memory="choose").fit(normal_images, FitContext(device=CPU))
-    for memory in method.selection_["memory"]:
+    assert len(method.selection_["memory"]) == len(method.members_)
+    for memory, member in zip(method.selection_["memory"], method.members_):
+        _assert_fitted_on_every_photo(member, memory["chosen share"])
         default = next(o for o in memory["options"] if o["share"] == 0.1)
         if memory["chosen share"] != 0.1:
             assert memory["chosen share"] == memory["best on the kept-aside photos"]

@@ -620,7 +620,8 @@ class Auto(Method):
                         f"but within noise (the best one alone matches it in {matches:.0%} of {BOOTSTRAP} resamples)")
         else:
             combined = "combining the best few separated no better"
-        runner = order[1] if len(order) > 1 else None
+        others = order[1:]
+        runner = max(others, key=lambda c: results[c]["win"][part] or 0.0) if others else None
         share = results[runner]["win"][part] if runner is not None else 0.0
         lead = (f"its lead over {runner.label} is within noise ({share:.0%} of {BOOTSTRAP} bootstrap resamples)"
                 if share is not None and share > 1 - cfg["confidence"] else
@@ -651,6 +652,13 @@ class Auto(Method):
             sub = FitContext(device=self.device_, augmentations=[], on_progress=relay, stop_event=ctx.stop_event,
                              history=ctx.history, started=ctx.started, budget_s=ctx.budget_s)
             bank_feats, val_feats = self.kept_features_.get(cand.view, (None, None))
+            if refit and calibration_images and len(members) == 1 and self.config_["memory"] == "report":
+                # Nothing left to judge on the kept-aside photos (no scale to set, the memory stays 10 %):
+                # fit once, on every normal photo.
+                self.members_.append(self._refit(cand, k, MEMBER_CORESET, fit_images, calibration_images,
+                                                 val_feats, sub))
+                ctx.stopped_by_budget |= sub.stopped_by_budget
+                continue
             if bank_feats is not None:
                 with torch.inference_mode():
                     patches = torch.cat([_rows(self._embed(cand, f)) for f in bank_feats])
