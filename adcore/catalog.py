@@ -38,7 +38,7 @@ class Entry:
 
 CATALOG: dict[str, Entry] = {
     "auto": Entry(
-        RECOMMENDED, "a first model of any part: it sets itself up from the photos", 1.0, 0.35, uses_augmentations=False
+        RECOMMENDED, "a first model of any part: it sets itself up from the photos", 1.15, 0.15, uses_augmentations=False
     ),
     "patchcore": Entry(
         "Pretrained features", "fine surface defects (scratches, dents, spots) on few photos, with a map",
