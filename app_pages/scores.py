@@ -322,8 +322,15 @@ def show_metrics(ctx: viz.ScoreContext, view: viz.ThresholdView) -> None:
 def show_gallery(run: Run, ctx: viz.ScoreContext, view: viz.ThresholdView, prefix: str) -> None:
     st.subheader("Images to look at")
     titles = list(view.gallery)
-    tabs = st.tabs([f"{title} ({total})" for title, (_, total) in ((t, view.gallery[t]) for t in titles)])
+    counts = [f"{total} {title[0].lower()}{title[1:]}" for title, (_, total) in view.gallery.items()
+              if not title.startswith("Nearest")]  # fmt: skip
+    st.caption("At this threshold: " + " · ".join(counts) + ".")
+    # Only the open tab's thumbnails are drawn (a slider move redraws them all otherwise). Labels
+    # without counts: a label that changed with the threshold would send the reader back to the first tab.
+    tabs = st.tabs(titles, key=f"{prefix}.gallery_tab", on_change="rerun")
     for i, (tab, title) in enumerate(zip(tabs, titles)):
+        if not tab.open:
+            continue
         rows, total = view.gallery[title]
         with tab:
             if not len(rows):
