@@ -3,10 +3,10 @@ and widgets built from registry parameter specs. Computation lives in adcore (vi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
+import re
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Sequence
@@ -39,13 +39,18 @@ DATA_DIR_ENV = "ADCORE_DATA_DIR"
 
 def default_data_dir() -> Path:
     """Where uploads are kept: ``$ADCORE_DATA_DIR``, else a ``data`` folder beside the runs folder
-    (``runs/`` and ``data/`` side by side, both git-ignored when they are in the checkout)."""
+    (``runs/`` and ``data/`` side by side, both git-ignored when they are in the checkout). Read at
+    each call, like the runs folder, so the two cannot disagree."""
     configured = os.environ.get(DATA_DIR_ENV)
     return Path(configured).expanduser().resolve() if configured else default_runs_dir().resolve().parent / "data"
 
 
-DATA_DIR = default_data_dir()
-UPLOADS_DIR = DATA_DIR / "uploads"
+def uploads_dir() -> Path:
+    """The folder under the data folder that holds one folder per upload."""
+    return default_data_dir() / "uploads"
+
+
+UPLOAD_STAMP = re.compile(r"^(\d{8})-(\d{2})(\d{2})\d{2}-(.+)$")  # new_upload_dir's "<time>-<name>"
 SLIDER_MAX_INT_RANGE = 1000  # wider integer ranges (epochs, seeds) get a number box instead
 
 
@@ -97,7 +102,7 @@ def use_image_set(image_set: ImageSet) -> None:
 def data_roots() -> list[Path]:
     """The folders a visitor may open by path ("Folder on the server"): ``$ADCORE_DATA_ROOTS``, else
     the app's data folder and the demo set."""
-    return allowed_data_roots((DATA_DIR, DEMO_DIR))
+    return allowed_data_roots((default_data_dir(), DEMO_DIR))
 
 
 def is_demo(image_set: ImageSet) -> bool:
@@ -105,24 +110,39 @@ def is_demo(image_set: ImageSet) -> bool:
 
 
 def set_name(image_set: ImageSet) -> str:
-    """What the pages call an image set: its folder's name, never the server path."""
-    return "the demo set" if is_demo(image_set) else Path(image_set.root).name
+    """What the pages call an image set: its folder's name, never the server path; an uploaded set
+    by the name it came under and when ("bottle, added 2026-12-01 12:05")."""
+    if is_demo(image_set):
+        return "the demo set"
+    root = Path(image_set.root)
+    stamp = UPLOAD_STAMP.match(root.name)
+    if stamp is None or not root.resolve().is_relative_to(uploads_dir()):
+        return root.name
+    day, hour, minute, name = stamp.groups()
+    return f"{name}, added {day[:4]}-{day[4:6]}-{day[6:]} {hour}:{minute}"
 
 
 def save_uploaded_files(files: Iterable[tuple[str, bytes]], uploads_root: Path | None = None) -> ImageSet:
     """Write uploaded ``(name, bytes)`` files (images and/or zips) into a new folder under
-    ``uploads_root`` (default ``UPLOADS_DIR``) named by time and content, and open it. Nothing bad
-    raises: it is listed in ``skipped`` (a refused zip too, see ``refused_zips``)."""
+    ``uploads_root`` (default ``uploads_dir()``), named by the time and the upload (a single zip's
+    name, else "photos"), and open it. Nothing bad raises: it is listed in ``skipped`` (a refused
+    zip too, see ``refused_zips``)."""
     files = list(files)
-    digest = hashlib.sha256()
-    for name, data in files:
-        digest.update(name.encode("utf-8", "replace") + b"\0" + hashlib.sha256(data).digest())
-    return save_uploads(files, new_upload_dir(digest.hexdigest()[:8], uploads_root))
+    zips = [PurePosixPath(name.replace("\\", "/")).stem for name, _ in files if name.lower().endswith(".zip")]
+    tag = _safe_tag(zips[0]) if len(zips) == 1 and len(files) == 1 else "photos"
+    return save_uploads(files, new_upload_dir(tag, uploads_root))
+
+
+def _safe_tag(name: str) -> str:
+    """``name`` as a folder-name part: letters, digits, ``-``, ``_`` and ``.``, at most 60 of them."""
+    tag = re.sub(r"[^\w.-]+", "_", name).strip("._")[:60]
+    return tag or "photos"
 
 
 def new_upload_dir(tag: str, uploads_root: Path | None = None) -> Path:
-    """A new folder path under ``uploads_root`` (default ``UPLOADS_DIR``), named ``<time>-<tag>``."""
-    base = Path(uploads_root or UPLOADS_DIR) / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{tag}"
+    """A new folder path under ``uploads_root`` (default ``uploads_dir()``), named ``<time>-<tag>``."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(uploads_root or uploads_dir()) / f"{stamp}-{_safe_tag(tag)}"
     path, n = base, 1
     while path.exists():
         path, n = base.with_name(f"{base.name}-{n}"), n + 1

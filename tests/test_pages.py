@@ -37,7 +37,7 @@ def runs_dir(tmp_path, monkeypatch):
     """A fresh runs folder and a fresh JobManager per test; jobs left running are cancelled."""
     runs = tmp_path / "runs"
     monkeypatch.setenv("ADCORE_RUNS_DIR", str(runs))
-    monkeypatch.setattr(common, "UPLOADS_DIR", tmp_path / "uploads")
+    monkeypatch.delenv("ADCORE_DATA_DIR", raising=False)  # uploads go beside the runs folder: tmp_path/data
     # Two intra-op threads on a shared 2-core machine spin against each other (~50x slower).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -150,7 +150,14 @@ def test_data_page_uploads_images_and_lists_bad_files(tmp_path):
     assert "Now working on the uploaded set" in at.success[-1].value and "3 usable images" in at.success[-1].value
     skipped = at.dataframe[1].value  # counts table, then the skipped files
     assert list(skipped["file"]) == ["notes.png"] and "not an image" in skipped["reason"][0]
-    assert str(tmp_path / "uploads") in str(at.session_state["image_set"].root)
+    # Kept beside the runs folder (tmp_path/runs), and called by its name and time, never its path.
+    root = Path(at.session_state["image_set"].root)
+    assert root.parent == tmp_path / "data" / "uploads"
+    name = common.set_name(at.session_state["image_set"])
+    assert re.fullmatch(r"photos, added \d{4}-\d\d-\d\d \d\d:\d\d", name), name
+    heading, message = at.markdown[0].value, at.success[-1].value
+    assert f"Working on **{name}**" in heading and f"**{name}**" in message
+    assert str(tmp_path) not in heading + message
     assert not at.file_uploader(key="data.uploads.1").value, "the uploader is emptied after use"
     at.button(key="data.demo").click().run()
     assert metric(at, "Normal training images") == "80"
@@ -180,6 +187,24 @@ def test_data_page_opens_a_server_folder(tiny_set, tmp_path, monkeypatch):
     at.text_input(key="data.folder").set_value(str(tiny_set.root)).run()
     at.button(key="data.open_folder").click().run()
     assert metric(at, "Normal training images") == "12" and metric(at, "Masks") == "3"
+
+
+def test_a_zip_upload_is_named_after_the_zip_and_kept_where_adcore_data_dir_says(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADCORE_DATA_DIR", str(tmp_path / "elsewhere"))
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as z:
+        for i in range(3):
+            z.writestr(f"train/good/{i:03d}.png", _png(seed=i))
+    at = app_at("app_pages/data.py")
+    at.file_uploader(key="data.uploads.0").set_value([("Bottle caps.zip", zipped.getvalue(), "application/zip")]).run()
+    at.button(key="data.use_uploads").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    root = Path(at.session_state["image_set"].root)
+    assert root.parent == tmp_path / "elsewhere" / "uploads" and not (tmp_path / "data").exists()
+    assert re.fullmatch(r"Bottle_caps, added [-\d]{10} \d\d:\d\d", common.set_name(at.session_state["image_set"]))
+    assert "Now working on the uploaded set **Bottle_caps, added" in at.success[-1].value
+    at.switch_page("app_pages/train.py").run()
+    assert "Training on Bottle_caps, added" in at.markdown[0].value and str(tmp_path) not in at.markdown[0].value
 
 
 def test_upload_helper_reports_a_refused_zip(tmp_path):
