@@ -57,8 +57,6 @@ def show_running(job: Job) -> None:
         c6.metric("Device", (job.device or "–").split(" (")[0], help=job.device or None)
     else:
         c6.metric("Images / s", "–" if p.images_per_s is None else f"{p.images_per_s:.1f}")
-    if p.selection:
-        show_selection(p.selection)
     if p.losses:
         total = p.total_steps if p.phase == "training" else None
         st.plotly_chart(viz.loss_curve_figure(p.losses, total), key=f"train.loss.{job.id}")
@@ -71,10 +69,10 @@ def show_running(job: Job) -> None:
     )
 
 
-def show_selection(selection: dict) -> None:
+def show_selection(selection: dict, title: str) -> None:
     """The candidates a self-configuring method judged, best first, and what it decided."""
     rows, sentence = describe_selection(selection)
-    st.markdown("**How the method configures itself**")
+    st.markdown(f"**{title}**")
     st.caption(sentence)
     if rows:
         st.dataframe(rows, hide_index=True, width="stretch", column_config={
@@ -112,9 +110,6 @@ def show_outcome(job: Job) -> None:
                     col.metric(name, "–" if value is None else f"{value:.3f}")
             else:
                 st.caption("This data has no labelled test images, so there are no test metrics.")
-        if config.get("selection"):
-            with st.expander("How the method configured itself", expanded=True):
-                show_selection(config["selection"])
         st.markdown("**Next:** set where a photo counts as defective, or look at the heat maps.")
         with st.container(horizontal=True):
             st.page_link("app_pages/scores.py", label="Scores & threshold", icon=":material/tune:")
@@ -148,6 +143,35 @@ def live_panel(jobs: JobManager) -> None:
                 show_outcome(ended[0])
             else:
                 st.info("Nothing is training. Set up a run on the left, then press **Start training**.")
+
+    panel()
+
+
+def current_selection(jobs: JobManager) -> tuple[dict | None, str]:
+    """What a self-configuring method chose (or is choosing) in the running job, else in the job that
+    ended last, if it finished; with the title to show it under."""
+    active = jobs.active()
+    running = [j for j in active if j.status == RUNNING]
+    if running:
+        return running[0].progress.selection, "How the method configures itself"
+    ended = jobs.jobs()
+    if active or not ended or ended[0].status != FINISHED:
+        return None, ""
+    config = dict(common.run_configs(jobs.runs_root)[0]).get(ended[0].run_dir.name, {})
+    return config.get("selection"), "How the method configured itself"
+
+
+def selection_panel(jobs: JobManager) -> None:
+    """The selection table, full width below the job panel (its columns do not fit beside the form);
+    it follows the running job like the job panel does."""
+    polling = bool(jobs.active())
+
+    @st.fragment(run_every=POLL_S if polling else None)
+    def panel() -> None:
+        selection, title = current_selection(jobs)
+        if selection:
+            with st.container(border=True):
+                show_selection(selection, title)
 
     panel()
 
@@ -291,6 +315,8 @@ with run_col:
 
     st.subheader("Training jobs")
     live_panel(manager)
+
+selection_panel(manager)
 
 st.divider()
 st.subheader("Earlier runs")

@@ -357,6 +357,23 @@ def test_train_shows_progress_queue_and_cancels(tiny_set):
     assert "No runs yet" in texts(at)
 
 
+@pytest.mark.slow
+def test_the_auto_selection_table_is_full_width_below_the_job_panel(tiny_set):
+    at = train_page(tiny_set, method="auto")
+    for name, value in {"image_size": 64, "search_images": 12, "batch_size": 8}.items():
+        key = f"train.auto.param.{name}"
+        next(w for kind in ("slider", "number_input") for w in getattr(at, kind) if w.key == key).set_value(value)
+    at.button(key="train.start").click().run()
+    poll(at, lambda at: at.success, "the auto job to finish", timeout=300)
+    assert "Finished in" in at.success[0].value
+    title = "**How the method configured itself**"
+    assert title in [m.value for m in at.markdown], texts(at)
+    # Outside the form and job columns, so that all of the table's columns fit.
+    assert all(title not in [m.value for m in column.markdown] for column in at.columns)
+    candidates = next(d.value for d in at.dataframe if "candidate" in d.value.columns)
+    assert len(candidates) >= 2 and set(candidates["chosen"]) >= {"yes"}
+
+
 def test_train_finishes_and_lists_the_run(tiny_set):
     at = train_page(tiny_set)
     set_train_params(at, epochs=1, **TINY)
