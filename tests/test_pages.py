@@ -371,7 +371,7 @@ def test_the_auto_selection_table_is_full_width_below_the_job_panel(tiny_set):
     # Outside the form and job columns, so that all of the table's columns fit.
     assert all(title not in [m.value for m in column.markdown] for column in at.columns)
     candidates = next(d.value for d in at.dataframe if "candidate" in d.value.columns)
-    assert len(candidates) >= 2 and set(candidates["chosen"]) >= {"yes"}
+    assert len(candidates) >= 2 and len(candidates.columns) >= 6, "the whole table, every column"
 
 
 def test_train_finishes_and_lists_the_run(tiny_set):
