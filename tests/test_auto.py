@@ -255,8 +255,9 @@ def test_prefix_nearest_is_the_nearest_distance_to_each_prefix_of_the_memory():
 
     gen = torch.Generator().manual_seed(0)
     queries, bank = torch.randn(300, 16, generator=gen), torch.randn(500, 16, generator=gen)
-    nearest = prefix_nearest(queries, bank, [1, 37, 500])
+    nearest = prefix_nearest(queries, bank, [1, 37, 37, 500])  # a size twice (tiny memories round alike)
     for k in (1, 37, 500):
+        assert nearest[k].shape == (300,)
         torch.testing.assert_close(nearest[k], knn_distance(queries, bank[:k], 1))
     assert (nearest[1] >= nearest[37]).all() and (nearest[37] >= nearest[500]).all()
 

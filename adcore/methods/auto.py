@@ -864,10 +864,10 @@ def prefix_nearest(queries: torch.Tensor, bank: torch.Tensor, sizes: Sequence[in
     """{k: (Q,) Euclidean distance of each query to its nearest row among the first k of ``bank``}
     for every k in ``sizes``, from one distance computation (in chunks of queries)."""
     rows = max(1, DISTANCE_CHUNK // max(1, len(bank)))
-    parts: dict[int, list[torch.Tensor]] = {k: [] for k in sizes}
+    parts: dict[int, list[torch.Tensor]] = {k: [] for k in sizes}  # equal sizes (tiny memories) counted once
     for start in range(0, len(queries), rows):
         d = torch.cdist(queries[start : start + rows], bank)
-        for k in sizes:
+        for k in parts:
             parts[k].append(d[:, :k].min(1).values)
     return {k: torch.cat(v) if v else queries.new_zeros(0) for k, v in parts.items()}
 
