@@ -11,7 +11,7 @@ from adcore.methods.autoencoder import map_statistic
 from adcore.methods.gan import pseudo_anomalies
 from adcore.methods.memae import MemoryModule, address_entropy, hard_shrink_relu
 from adcore.methods.student_teacher import regression_error_and_variance
-from adcore.training import TrainSpec, train_run
+from adcore.training import TrainSpec, load_teacher, train_run
 from tests.helpers import make_tiny_mvtec, textured
 
 SMALL_AE = {"image_size": 32, "epochs": 4, "width": 8, "batch_size": 4}
@@ -179,7 +179,10 @@ def test_student_teacher_learns_from_another_runs_encoder_and_keeps_its_weights(
               "batch_size": 4, "map_sigma": 1.0}
     rng = np.random.default_rng(0)
     normal = [textured(rng, 64) for _ in range(8)]
-    method = build_method("student_teacher", **params).fit(normal, FitContext())
+    student = build_method("student_teacher", **params)
+    with pytest.raises(ValueError, match="must be loaded by the caller"):
+        student.fit(normal, FitContext())  # a method never opens the run store itself
+    method = student.fit(normal, FitContext(teacher=load_teacher(student, torch.device("cpu"))))
     assert method.stride_ == 16  # the autoencoder's latent is at 1/16 of the image size
     images = [_with_square(rng), textured(rng, 64)]
     expected = method.predict(images)

@@ -12,6 +12,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
@@ -49,6 +50,10 @@ class FitContext:
     # shows how the score distributions separate during training; ``snapshots`` epochs, spread evenly.
     monitor: dict[str, Sequence[np.ndarray]] | None = None
     snapshots: int = 6
+    # The trained method another one learns from (a student-teacher's teacher run), loaded by whoever
+    # runs the fit from the folder ``Method.teacher_run()`` names (``adcore.training`` does): a method
+    # never opens the run store itself.
+    teacher: "Method | None" = None
 
     def check_cancel(self) -> None:
         if self.stop_event.is_set():
@@ -379,6 +384,11 @@ class Method:
         )
         ctx.check_cancel()
 
+    def teacher_run(self) -> Path | None:
+        """The folder of a finished run this method learns from, which the caller loads and passes
+        as ``FitContext.teacher``; None (the default) for a method that learns from no other run."""
+        return None
+
     def run_details(self) -> dict[str, Any]:
         """What a training run stores about this fit beyond weights and scores (e.g. a self-configuring
         method's selection table), as JSON-able values under their own keys; nothing by default."""
@@ -438,3 +448,22 @@ def register_method(cls: type[Method]) -> type[Method]:
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
     return METHODS.register(cls.name)(cls)
+
+
+def get_method_class(name: str) -> type[Method]:
+    return METHODS.get(name)
+
+
+def build_method(name: str, **params: Any) -> Method:
+    """A configured, unfitted method; parameters are checked here so bad input fails early."""
+    method = get_method_class(name)(**params)
+    method.get_params()
+    return method
+
+
+def build_saved_method(name: str, params: dict[str, Any]) -> Method:
+    """``build_method`` for the parameters stored with a saved model. A parameter added to the method
+    after the model was saved takes the value the model was fitted with (the class's
+    ``defaults_of_older_models``), not today's default, so an old model scores as it did."""
+    cls = get_method_class(name)
+    return build_method(name, **{**getattr(cls, "defaults_of_older_models", {}), **params})
