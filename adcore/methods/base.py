@@ -266,30 +266,6 @@ class Method:
         """Optimisation steps in ``epochs`` passes over ``n_images`` (at least one per epoch)."""
         return self.config_["epochs"] * max(1, steps_per_epoch(n_images, self.config_["batch_size"]))
 
-    def _train_epochs(
-        self, n_images: int, ctx: FitContext, step: Callable[[np.ndarray, int], torch.Tensor | None]
-    ) -> None:
-        """The epoch loop of the trained methods: ``epochs`` shuffled passes in ``batch_size`` batches.
-        ``step(indices, steps_done)`` makes one optimisation step and returns its loss on the device,
-        or None to stop before it. Reports progress (the loss read back only when reporting), honours
-        cancel and the budget, and after each complete epoch scores the monitor images."""
-        cfg = self.config_
-        total, meter, done, seen = self._total_steps(n_images), LossMeter(), 0, 0
-        for epoch in range(1, cfg["epochs"] + 1):
-            for idx in epoch_batches(n_images, cfg["batch_size"], self.rng_):
-                loss = step(idx, done)
-                if loss is None:
-                    return
-                meter.add(loss)
-                done, seen = done + 1, seen + len(idx)
-                if meter.due() or done == total:
-                    ctx.report(step=done, total_steps=total, epoch=epoch, loss=meter.pop(), images=seen)
-                else:
-                    ctx.check_cancel()
-                if ctx.out_of_budget():
-                    return
-            self.record_epoch_scores(ctx, epoch, cfg["epochs"])
-
     def _input_shape(self, height: int, width: int) -> tuple[int, int]:
         """The (H, W) a photo of ``height`` x ``width`` pixels is resized to for the network: by
         default the configured square, whatever its shape."""

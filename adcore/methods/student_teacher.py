@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from adcore.methods.base import (
     register_method,
     to_tensor,
 )
+from adcore.methods.epochs import TrainingClock, train_epochs
 from adcore.methods.patchcore import LAYER_CHOICES, parse_layers
 from adcore.registry import Param
 
@@ -261,22 +261,16 @@ class StudentTeacher(Method):
 
         params = [p for s in self.students_ for p in s.parameters()]
         opt = torch.optim.Adam(params, lr=cfg["learning_rate"], weight_decay=1e-5)
-        total = self._total_steps(len(images))
         # The learning rate warms up and then decays on a cosine over the training, measured in steps
         # or, with a time budget, in time (whichever is further along), so that a budget-cut
-        # training still ends with a small learning rate instead of stopping at its peak.
-        train_start = time.monotonic()
-        train_s = None if ctx.budget_s is None else max(1.0, (ctx.budget_s - (train_start - ctx.started)) * 0.95)
+        # training still ends with a small learning rate instead of stopping at its peak. The
+        # budget's last 5 % is for measuring the map on normal images.
+        clock = TrainingClock(self._total_steps(len(images)), ctx.budget_s, ctx.started,
+                              reserve_share=0.05, min_train_s=1.0)
 
-        def step(idx: np.ndarray, done: int) -> torch.Tensor | None:
-            progress = done / total
-            if train_s is not None:
-                progress = max(progress, (time.monotonic() - train_start) / train_s)
-            if progress >= 1.0:  # the budget's last 5 % is for measuring the map on normal images
-                ctx.stopped_by_budget = True
-                return None
+        def step(idx: np.ndarray, done: int) -> torch.Tensor:
             for group in opt.param_groups:
-                group["lr"] = cfg["learning_rate"] * warmup_cosine(progress, 0.05)
+                group["lr"] = cfg["learning_rate"] * warmup_cosine(clock.progress(done), 0.05)
             x = to_tensor(images[idx], device)
             target = targets[torch.from_numpy(idx).to(device)]
             loss = (self._student_predictions(x) - target[None]).pow(2).mean()
@@ -286,7 +280,7 @@ class StudentTeacher(Method):
             return loss
 
         self.students_.train()
-        self._train_epochs(len(images), ctx, step)
+        train_epochs(self, ctx, len(images), step, stop_after=clock.done)
         self.students_.eval()
         self._fit_map_statistics(images, targets, ctx)
 
