@@ -154,6 +154,9 @@ def test_saved_and_loaded_through_safetensors_it_scores_identically(fitted, prob
         assert (x is None) == (y is None), part
         if x is not None:
             assert all(np.array_equal(p, q) for p, q in zip(x, y)), part
+    if callable(getattr(method, "dense_features", None)):  # what a student-teacher run learns from it
+        x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(method.dense_features(x), loaded.dense_features(x))
 
 
 @pytest.mark.parametrize("name", NAMES)
