@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -282,6 +282,25 @@ def warmup_cosine(progress: float, warmup: float) -> float:
     if progress < warmup:
         return (progress + 1e-3) / (warmup + 1e-3)
     return 0.5 * (1.0 + math.cos(math.pi * (progress - warmup) / max(1e-9, 1.0 - warmup)))
+
+
+def scheduled_step(
+    opt: torch.optim.Optimizer, config: dict, clock, batch_loss: Callable[[np.ndarray], torch.Tensor]
+) -> Callable[[np.ndarray, int], torch.Tensor]:
+    """The training step the self-supervised methods share, for ``methods.epochs.train_epochs``: the
+    warm-up + cosine learning rate at ``clock``'s progress (a ``TrainingClock``), then one optimiser
+    step on ``batch_loss(indices)``."""
+
+    def step(idx: np.ndarray, done: int) -> torch.Tensor:
+        for group in opt.param_groups:
+            group["lr"] = config["learning_rate"] * warmup_cosine(clock.progress(done), config["warmup"])
+        loss = batch_loss(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
 
 
 def time_one_pass(fn, n_done: int, n_total: int) -> float:

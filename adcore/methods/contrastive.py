@@ -18,9 +18,9 @@ from adcore.encoders import (
     make_optimizer,
     mlp_head,
     prepared_uint8,
+    scheduled_step,
     state_of_parts,
     time_one_pass,
-    warmup_cosine,
 )
 from adcore.losses import KeyQueue, info_nce, margin_contrastive, momentum_update, nt_xent, triplet
 from adcore.methods.base import (
@@ -121,16 +121,7 @@ class Contrastive(EncoderFeatures, Method):
             queue.enqueue(key)
             return loss
 
-        def step(idx: np.ndarray, done: int) -> torch.Tensor:
-            for group in opt.param_groups:
-                group["lr"] = cfg["learning_rate"] * warmup_cosine(clock.progress(done), cfg["warmup"])
-            loss = batch_loss(idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return loss
-
-        train_epochs(self, ctx, len(images), step, stop_after=clock.done)
+        train_epochs(self, ctx, len(images), scheduled_step(opt, cfg, clock, batch_loss), stop_after=clock.done)
         encoder.eval()
         head.eval()
         self.gaussian_.fit(self._embed(images, ctx))

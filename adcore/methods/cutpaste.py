@@ -21,9 +21,9 @@ from adcore.encoders import (
     patch_grid,
     load_parts,
     prepared_uint8,
+    scheduled_step,
     state_of_parts,
     time_one_pass,
-    warmup_cosine,
 )
 from adcore.methods.base import (
     FitContext,
@@ -142,16 +142,7 @@ class CutPaste(EncoderFeatures, Method):
             x, y = self._pretext_batch(prepared[idx])
             return F.cross_entropy(head(encoder(x).embedding), y)
 
-        def step(idx: np.ndarray, done: int) -> torch.Tensor:
-            for group in opt.param_groups:
-                group["lr"] = cfg["learning_rate"] * warmup_cosine(clock.progress(done), cfg["warmup"])
-            loss = batch_loss(idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return loss
-
-        train_epochs(self, ctx, len(images), step, stop_after=clock.done)
+        train_epochs(self, ctx, len(images), scheduled_step(opt, cfg, clock, batch_loss), stop_after=clock.done)
         encoder.eval()
         head.eval()
         self._fit_gaussians(images, ctx)
