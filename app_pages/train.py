@@ -32,7 +32,9 @@ def teacher_options(runs_root) -> dict[str, str]:
     ``teacher`` accepts: a backbone name or a run folder."""
     options = {name: f"{name} (ImageNet, frozen)" for name in BACKBONES.names()}
     if "resnet18" in options and not resnet18_weights_path().is_file():
-        options["resnet18"] = "resnet18: its ImageNet weights are not on this machine, efficientnet_lite0 is used instead"
+        options["resnet18"] = (
+            "resnet18: its ImageNet weights are not on this machine, efficientnet_lite0 is used instead"
+        )
     runs, _ = list_runs(runs_root)
     for run in runs:
         try:

@@ -11,6 +11,7 @@ from adcore.methods.autoencoder import map_statistic
 from adcore.methods.gan import pseudo_anomalies
 from adcore.methods.memae import MemoryModule, address_entropy, hard_shrink_relu
 from adcore.methods.student_teacher import regression_error_and_variance
+from adcore.runs import load_run
 from adcore.training import TrainSpec, load_teacher, train_run
 from tests.helpers import make_tiny_mvtec, textured
 
@@ -180,6 +181,11 @@ def test_student_teacher_learns_from_another_runs_encoder_and_keeps_its_weights(
     assert expected.anomaly_maps[0].shape == (64, 64)
     state = method.state_dict()
     assert any(k.startswith("teacher.net.") for k in state)
+    # Training (not the method) opens the teacher's run: a run trained through train_run scores alike.
+    spec = TrainSpec(data=str(data), method="student_teacher", params=params)
+    student_run = load_run(train_run(spec, tmp_path / "runs"))
+    assert student_run.config["params"]["teacher"] == str(teacher_run)
+    assert np.isfinite(student_run.load_method().score(images)).all()
     import shutil
 
     shutil.rmtree(teacher_run)  # an exported model must not need the teacher's run folder
