@@ -26,20 +26,10 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from adcore.data import (
-    IMAGE_EXTENSIONS,
-    ImageError,
-    SkippedFile,
-    _find_mvtec_root,
-    _rel,
-    _walk_files,
-    extract_zip,
-    load_image,
-)
+from adcore.data import IMAGE_EXTENSIONS, ImageError, SkippedFile, extract_zip, load_image
+from adcore.data.layout import MASK_FOLDER, MVTEC_SPLITS, find_mvtec_root, relative_posix, walk_files
 from adcore.export import LoadedModel
 
-_MASK_FOLDER = "ground_truth"  # masks of an MVTec layout are not inputs
-_MVTEC_SPLITS = ("train", "test")
 _WORKERS = min(4, os.cpu_count() or 1)
 _ZIP_MAX_FILES = 10_000_000
 _DISK_MARGIN = 256 * 1024**2
@@ -79,14 +69,14 @@ class ImageListing:
         if self.list_file is not None:
             yield from _listed(self.list_file)
             return
-        for path in _walk_files(self.folder):
-            rel = _rel(path, self.folder)
+        for path in walk_files(self.folder):
+            rel = relative_posix(path, self.folder)
             split = label = ""
             if self.mvtec_root is not None:
-                parts = PurePosixPath(_rel(path, self.mvtec_root)).parts
-                if parts[0] == _MASK_FOLDER:
+                parts = PurePosixPath(relative_posix(path, self.mvtec_root)).parts
+                if parts[0] == MASK_FOLDER:  # masks of an MVTec layout are not inputs
                     continue
-                if parts[0] in _MVTEC_SPLITS and len(parts) > 1:
+                if parts[0] in MVTEC_SPLITS and len(parts) > 1:
                     split = parts[0]
                     label = parts[1] if len(parts) > 2 else ("good" if split == "train" else "")
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -108,7 +98,7 @@ def list_images(folder: Path | str) -> ImageListing:
     folder = Path(folder).resolve()
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
-    mvtec_root, _ = _find_mvtec_root(folder)
+    mvtec_root, _ = find_mvtec_root(folder)
     return _counted(ImageListing(folder, "plain" if mvtec_root is None else "mvtec", mvtec_root))
 
 

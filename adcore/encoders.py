@@ -284,65 +284,23 @@ def warmup_cosine(progress: float, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (progress - warmup) / max(1e-9, 1.0 - warmup)))
 
 
-class TrainingClock:
-    """How far training is, by steps or, under a time budget, by time (whichever is further), so
-    the learning rate anneals fully within the budget; ``reserve_s`` is kept for the pass over the
-    normal images that follows training."""
+def scheduled_step(
+    opt: torch.optim.Optimizer, config: dict, clock, batch_loss: Callable[[np.ndarray], torch.Tensor]
+) -> Callable[[np.ndarray, int], torch.Tensor]:
+    """The training step the self-supervised methods share, for ``methods.epochs.train_epochs``: the
+    warm-up + cosine learning rate at ``clock``'s progress (a ``TrainingClock``), then one optimiser
+    step on ``batch_loss(indices)``."""
 
-    def __init__(self, total_steps: int, budget_s: float | None, started: float, reserve_s: float) -> None:
-        self.total_steps = total_steps
-        self.started = started
-        self.train_started = time.monotonic()
-        self.train_s = None if budget_s is None else budget_s - reserve_s - (self.train_started - started)
+    def step(idx: np.ndarray, done: int) -> torch.Tensor:
+        for group in opt.param_groups:
+            group["lr"] = config["learning_rate"] * warmup_cosine(clock.progress(done), config["warmup"])
+        loss = batch_loss(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
 
-    def progress(self, step: int) -> float:
-        by_steps = step / max(1, self.total_steps)
-        if self.train_s is None:
-            return by_steps
-        if self.train_s <= 0:
-            return 1.0
-        return max(by_steps, (time.monotonic() - self.train_started) / self.train_s)
-
-    def done(self, step: int) -> bool:
-        """True once training should end; never before one step, so BatchNorm has seen the data."""
-        return step > 0 and (step >= self.total_steps or (self.train_s is not None and self.progress(step) >= 1.0))
-
-
-def train_loop(
-    n_images: int,
-    config: dict,
-    rng: np.random.Generator,
-    ctx,
-    opt: torch.optim.Optimizer,
-    clock: TrainingClock,
-    batch_loss: Callable[[np.ndarray], torch.Tensor],
-) -> None:
-    """The loop the self-supervised methods share: shuffled batches of image indices until ``clock``
-    says stop, the warm-up + cosine learning rate, one optimiser step on ``batch_loss(indices)``,
-    progress reports (``ctx``, a FitContext) and cancel; a budget that ends training early is noted."""
-    from adcore.methods.base import LossMeter, epoch_batches
-
-    meter, step, seen, epoch = LossMeter(), 0, 0, 0
-    while not clock.done(step):
-        epoch += 1
-        for idx in epoch_batches(n_images, config["batch_size"], rng):
-            for group in opt.param_groups:
-                group["lr"] = config["learning_rate"] * warmup_cosine(clock.progress(step), config["warmup"])
-            loss = batch_loss(idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            meter.add(loss)
-            step, seen = step + 1, seen + len(idx)
-            finished = clock.done(step)
-            if meter.due() or finished:
-                ctx.report(step=step, total_steps=clock.total_steps, epoch=epoch, loss=meter.pop(), images=seen)
-            else:
-                ctx.check_cancel()
-            if finished:
-                if step < clock.total_steps:
-                    ctx.stopped_by_budget = True
-                break
+    return step
 
 
 def time_one_pass(fn, n_done: int, n_total: int) -> float:

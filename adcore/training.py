@@ -21,7 +21,7 @@ from adcore.data import ImageError, ImageRecord, ImageSet, load_image, load_mask
 from adcore.device import describe_device, pick_device
 from adcore.methods import DEFAULT_METHOD, FitContext, Method, build_method
 from adcore.projection import DEFAULT_MAP_KEY, default_map
-from adcore.runs import new_run_id, write_run
+from adcore.runs import load_run, new_run_id, write_run
 from adcore.scoring import hit_rate, image_metrics, pixel_auroc, pixel_pro
 
 STORED_MAP_SIDE = 128  # maps are kept at most this size in results.npz (float16)
@@ -74,6 +74,13 @@ def synthetic_defects(images: list[np.ndarray], seed: int) -> tuple[list[np.ndar
     return out, labels
 
 
+def load_teacher(method: Method, device: torch.device) -> Method | None:
+    """The trained method ``method`` learns from, loaded from the run folder it names (a
+    student-teacher's teacher run), for ``FitContext.teacher``; None when it learns from no run."""
+    folder = method.teacher_run()
+    return None if folder is None else load_run(folder).load_method(device=device)
+
+
 def train_run(
     spec: TrainSpec,
     runs_root: Path,
@@ -121,6 +128,7 @@ def train_run(
         on_progress=progress,
         stop_event=stop_event,
         monitor=monitor if hold_images else None,
+        teacher=load_teacher(method, device),
     )
     t0 = time.monotonic()
     load_seconds = t0 - started

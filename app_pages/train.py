@@ -5,10 +5,11 @@ import time
 import streamlit as st
 
 from adcore import catalog, viz
+from adcore.backbones import BACKBONES, resnet18_weights_path
 from adcore.jobs import CANCELLED, FAILED, FINISHED, RUNNING, Job, JobManager
 from adcore.methods import DEFAULT_METHOD, METHODS, build_method, get_method_class
 from adcore.methods.auto import describe_selection
-from adcore.methods.student_teacher import teacher_options
+from adcore.runs import list_runs
 from adcore.training import TrainSpec
 from app_pages import common
 
@@ -23,6 +24,27 @@ normal_train = image_set.normal_train
 
 def method_title(name: str) -> str:
     return get_method_class(name).title or name
+
+
+def teacher_options(runs_root) -> dict[str, str]:
+    """{value of a ``teacher`` parameter: what a user reads} for every possible teacher: the ImageNet
+    backbones, then the runs (newest first) whose method gives dense features. Values are what
+    ``teacher`` accepts: a backbone name or a run folder."""
+    options = {name: f"{name} (ImageNet, frozen)" for name in BACKBONES.names()}
+    if "resnet18" in options and not resnet18_weights_path().is_file():
+        options["resnet18"] = (
+            "resnet18: its ImageNet weights are not on this machine, efficientnet_lite0 is used instead"
+        )
+    runs, _ = list_runs(runs_root)
+    for run in runs:
+        try:
+            method = get_method_class(run.method_name)
+        except ValueError:  # a run of a method this version does not know
+            continue
+        if callable(getattr(method, "dense_features", None)):
+            name = run.config.get("name") or ""
+            options[str(run.path)] = f"run {run.run_id} · {method.title}" + (f" · {name}" if name else "")
+    return options
 
 
 # --- live progress ------------------------------------------------------------------------------
@@ -219,7 +241,8 @@ with config_col:
     st.caption(method.summary)
 
     st.subheader("Parameters")
-    options = {"teacher": teacher_options(manager.runs_root)} if method_name == "student_teacher" else None
+    takes_teacher = any(p.name == "teacher" for p in method.param_specs())
+    options = {"teacher": teacher_options(manager.runs_root)} if takes_teacher else None
     params = common.param_inputs(method.param_specs(), f"train.{method_name}.param", columns=3, options=options)
     try:
         build_method(method_name, **params)

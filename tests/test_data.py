@@ -589,7 +589,7 @@ def test_save_uploads_mix_of_good_corrupt_and_zip(tmp_path):
 
 
 def test_save_uploads_refused_zip_bomb_is_listed(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "extract_zip", functools.partial(extract_zip, max_files=5))
+    monkeypatch.setattr(data.uploads, "extract_zip", functools.partial(extract_zip, max_files=5))
     many = io.BytesIO()
     with zipfile.ZipFile(many, "w") as zf:
         for i in range(10):

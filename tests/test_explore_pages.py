@@ -503,7 +503,9 @@ def test_a_run_s_synthetic_defects_are_pasted_once_for_every_picture_of_them(run
 
     calls = []
     paste = viz.synthetic_images
-    monkeypatch.setattr(viz, "synthetic_images", lambda run: calls.append(run.run_id) or paste(run))
+    counted = lambda run: calls.append(run.run_id) or paste(run)  # noqa: E731
+    monkeypatch.setattr(viz, "synthetic_images", counted)  # the pages' call
+    monkeypatch.setattr(viz.run_images, "synthetic_images", counted)  # and the row readers' own
     st.cache_resource.clear()
     st.cache_data.clear()
     run = common.load_run_scores(runs["root"] / runs["labelled"])

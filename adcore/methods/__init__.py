@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from adcore.methods.base import METHODS, Cancelled, FitContext, Method, Prediction, register_method
+from adcore.methods.base import (
+    METHODS,
+    Cancelled,
+    FitContext,
+    Method,
+    Prediction,
+    build_method,
+    build_saved_method,
+    get_method_class,
+    register_method,
+)
 
 # Importing a module registers its methods.
 from adcore.methods import autoencoder  # noqa: F401  (registers "autoencoder")
@@ -18,25 +26,6 @@ from adcore.methods import cutpaste  # noqa: F401  (registers "cutpaste")
 from adcore.methods import auto  # noqa: F401  (registers "auto")
 
 DEFAULT_METHOD = "auto"  # configures itself from the normal photos (adcore.methods.auto)
-
-
-def get_method_class(name: str) -> type[Method]:
-    return METHODS.get(name)
-
-
-def build_method(name: str, **params: Any) -> Method:
-    """A configured, unfitted method; parameters are checked here so bad input fails early."""
-    method = get_method_class(name)(**params)
-    method.get_params()
-    return method
-
-
-def build_saved_method(name: str, params: dict[str, Any]) -> Method:
-    """``build_method`` for the parameters stored with a saved model. A parameter added to the method
-    after the model was saved takes the value the model was fitted with (the class's
-    ``defaults_of_older_models``), not today's default, so an old model scores as it did."""
-    cls = get_method_class(name)
-    return build_method(name, **{**getattr(cls, "defaults_of_older_models", {}), **params})
 
 
 def list_methods() -> list[type[Method]]:

@@ -15,6 +15,7 @@ from adcore.methods.base import (
     register_method,
     to_tensor,
 )
+from adcore.methods.epochs import train_epochs
 from adcore.registry import Param
 
 
@@ -155,7 +156,7 @@ class Autoencoder(Method):
             return loss
 
         net.train()
-        self._train_epochs(len(images), ctx, step)
+        train_epochs(self, ctx, len(images), step)
         net.eval()
         self._fit_error_statistics(images, ctx)
 

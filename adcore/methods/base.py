@@ -12,6 +12,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
@@ -49,6 +50,10 @@ class FitContext:
     # shows how the score distributions separate during training; ``snapshots`` epochs, spread evenly.
     monitor: dict[str, Sequence[np.ndarray]] | None = None
     snapshots: int = 6
+    # The trained method another one learns from (a student-teacher's teacher run), loaded by whoever
+    # runs the fit from the folder ``Method.teacher_run()`` names (``adcore.training`` does): a method
+    # never opens the run store itself.
+    teacher: "Method | None" = None
 
     def check_cancel(self) -> None:
         if self.stop_event.is_set():
@@ -261,30 +266,6 @@ class Method:
         """Optimisation steps in ``epochs`` passes over ``n_images`` (at least one per epoch)."""
         return self.config_["epochs"] * max(1, steps_per_epoch(n_images, self.config_["batch_size"]))
 
-    def _train_epochs(
-        self, n_images: int, ctx: FitContext, step: Callable[[np.ndarray, int], torch.Tensor | None]
-    ) -> None:
-        """The epoch loop of the trained methods: ``epochs`` shuffled passes in ``batch_size`` batches.
-        ``step(indices, steps_done)`` makes one optimisation step and returns its loss on the device,
-        or None to stop before it. Reports progress (the loss read back only when reporting), honours
-        cancel and the budget, and after each complete epoch scores the monitor images."""
-        cfg = self.config_
-        total, meter, done, seen = self._total_steps(n_images), LossMeter(), 0, 0
-        for epoch in range(1, cfg["epochs"] + 1):
-            for idx in epoch_batches(n_images, cfg["batch_size"], self.rng_):
-                loss = step(idx, done)
-                if loss is None:
-                    return
-                meter.add(loss)
-                done, seen = done + 1, seen + len(idx)
-                if meter.due() or done == total:
-                    ctx.report(step=done, total_steps=total, epoch=epoch, loss=meter.pop(), images=seen)
-                else:
-                    ctx.check_cancel()
-                if ctx.out_of_budget():
-                    return
-            self.record_epoch_scores(ctx, epoch, cfg["epochs"])
-
     def _input_shape(self, height: int, width: int) -> tuple[int, int]:
         """The (H, W) a photo of ``height`` x ``width`` pixels is resized to for the network: by
         default the configured square, whatever its shape."""
@@ -379,6 +360,11 @@ class Method:
         )
         ctx.check_cancel()
 
+    def teacher_run(self) -> Path | None:
+        """The folder of a finished run this method learns from, which the caller loads and passes
+        as ``FitContext.teacher``; None (the default) for a method that learns from no other run."""
+        return None
+
     def run_details(self) -> dict[str, Any]:
         """What a training run stores about this fit beyond weights and scores (e.g. a self-configuring
         method's selection table), as JSON-able values under their own keys; nothing by default."""
@@ -438,3 +424,22 @@ def register_method(cls: type[Method]) -> type[Method]:
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
     return METHODS.register(cls.name)(cls)
+
+
+def get_method_class(name: str) -> type[Method]:
+    return METHODS.get(name)
+
+
+def build_method(name: str, **params: Any) -> Method:
+    """A configured, unfitted method; parameters are checked here so bad input fails early."""
+    method = get_method_class(name)(**params)
+    method.get_params()
+    return method
+
+
+def build_saved_method(name: str, params: dict[str, Any]) -> Method:
+    """``build_method`` for the parameters stored with a saved model. A parameter added to the method
+    after the model was saved takes the value the model was fitted with (the class's
+    ``defaults_of_older_models``), not today's default, so an old model scores as it did."""
+    cls = get_method_class(name)
+    return build_method(name, **{**getattr(cls, "defaults_of_older_models", {}), **params})

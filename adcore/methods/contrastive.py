@@ -13,15 +13,14 @@ from adcore.encoders import (
     ENCODER_PARAMS,
     OPTIM_PARAMS,
     GaussianDensity,
-    TrainingClock,
     build_encoder,
     load_parts,
     make_optimizer,
     mlp_head,
     prepared_uint8,
+    scheduled_step,
     state_of_parts,
     time_one_pass,
-    train_loop,
 )
 from adcore.losses import KeyQueue, info_nce, margin_contrastive, momentum_update, nt_xent, triplet
 from adcore.methods.base import (
@@ -29,9 +28,9 @@ from adcore.methods.base import (
     Method,
     augment_batch,
     register_method,
-    steps_per_epoch,
     to_tensor,
 )
+from adcore.methods.epochs import TrainingClock, train_epochs
 from adcore.registry import Param
 
 PARTS = ("encoder", "head", "gaussian")  # what is saved (the momentum encoder and queue are not)
@@ -101,7 +100,7 @@ class Contrastive(EncoderFeatures, Method):
         reserve = time_one_pass(lambda: self._embed(sample), len(sample), len(images)) * 1.3
         prepared = prepared_uint8(images, cfg["normalize"], device)
         opt = make_optimizer(list(encoder.parameters()) + list(head.parameters()), cfg)
-        clock = TrainingClock(cfg["epochs"] * steps_per_epoch(len(images), cfg["batch_size"]), ctx.budget_s, ctx.started, reserve)
+        clock = TrainingClock(self._total_steps(len(images)), ctx.budget_s, ctx.started, reserve)
         key_net, queue = None, None
         if cfg["moco"]:
             key_net = copy.deepcopy(torch.nn.Sequential(encoder, head)).requires_grad_(False)
@@ -122,7 +121,7 @@ class Contrastive(EncoderFeatures, Method):
             queue.enqueue(key)
             return loss
 
-        train_loop(len(images), cfg, self.rng_, ctx, opt, clock, batch_loss)
+        train_epochs(self, ctx, len(images), scheduled_step(opt, cfg, clock, batch_loss), stop_after=clock.done)
         encoder.eval()
         head.eval()
         self.gaussian_.fit(self._embed(images, ctx))

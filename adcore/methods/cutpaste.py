@@ -13,7 +13,6 @@ from adcore.encoders import (
     ENCODER_PARAMS,
     OPTIM_PARAMS,
     GaussianDensity,
-    TrainingClock,
     assemble_map,
     build_encoder,
     extract_patches,
@@ -22,9 +21,9 @@ from adcore.encoders import (
     patch_grid,
     load_parts,
     prepared_uint8,
+    scheduled_step,
     state_of_parts,
     time_one_pass,
-    train_loop,
 )
 from adcore.methods.base import (
     FitContext,
@@ -32,9 +31,9 @@ from adcore.methods.base import (
     augment_batch,
     gaussian_blur,
     register_method,
-    steps_per_epoch,
     to_tensor,
 )
+from adcore.methods.epochs import TrainingClock, train_epochs
 from adcore.registry import Param
 
 # The pretext classes of each variant, in label order (0 is always the normal image).
@@ -135,7 +134,7 @@ class CutPaste(EncoderFeatures, Method):
         reserve = time_one_pass(lambda: self._embed_normal(sample), len(sample), len(images)) * 1.3
         prepared = prepared_uint8(images, cfg["normalize"], self.device_)
         opt = make_optimizer(list(encoder.parameters()) + list(head.parameters()), cfg)
-        clock = TrainingClock(cfg["epochs"] * steps_per_epoch(len(images), cfg["batch_size"]), ctx.budget_s, ctx.started, reserve)
+        clock = TrainingClock(self._total_steps(len(images)), ctx.budget_s, ctx.started, reserve)
         encoder.train()
         head.train()
 
@@ -143,7 +142,7 @@ class CutPaste(EncoderFeatures, Method):
             x, y = self._pretext_batch(prepared[idx])
             return F.cross_entropy(head(encoder(x).embedding), y)
 
-        train_loop(len(images), cfg, self.rng_, ctx, opt, clock, batch_loss)
+        train_epochs(self, ctx, len(images), scheduled_step(opt, cfg, clock, batch_loss), stop_after=clock.done)
         encoder.eval()
         head.eval()
         self._fit_gaussians(images, ctx)

@@ -14,18 +14,12 @@ from torch import nn
 from torch.nn.utils import spectral_norm
 
 from adcore.methods.autoencoder import Autoencoder
-from adcore.methods.base import (
-    FitContext,
-    LossMeter,
-    augment_batch,
-    epoch_batches,
-    register_method,
-    steps_per_epoch,
-    to_tensor,
-)
+from adcore.methods.base import FitContext, augment_batch, register_method, to_tensor
+from adcore.methods.epochs import train_epochs
 from adcore.registry import Param
 
 PHASE1_BUDGET_SHARE = 0.8  # of a time budget, the rest goes to the discriminator's second phase
+DIVERGED_HINT = "try a lower learning_rate or adversarial_weight"
 
 
 class Discriminator(nn.Module):
@@ -88,49 +82,43 @@ class OGNet(Autoencoder):
         gen, disc = self.net_, self.disc_
         opt_g = torch.optim.Adam(gen.parameters(), lr=cfg["learning_rate"])
         opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
-        per_epoch = max(1, steps_per_epoch(len(images), cfg["batch_size"]))
-        total = cfg["epochs"] * per_epoch
+        total = self._total_steps(len(images))
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt_g, max_lr=cfg["learning_rate"], total_steps=total, pct_start=0.1
         )
         phase1_s = None if ctx.budget_s is None else ctx.budget_s * PHASE1_BUDGET_SHARE
         old_step = max(1, int(total * cfg["old_generator_at"]))
-        old_gen, meter, step, seen = None, LossMeter(), 0, 0
+        old_gen = None
+
+        def step(idx: np.ndarray, done: int) -> torch.Tensor:
+            nonlocal old_gen
+            x = to_tensor(augment_batch(images[idx], self.augmentations_, self.rng_), device)
+            recon = gen(x)[0]
+            # Discriminator: real photos (label smoothed to 0.9) vs reconstructions.
+            loss_d = (_bce(disc(x), 0.9) + _bce(disc(recon.detach()), 0.0)) / 2
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            # Generator: rebuild the photo, and fool the discriminator a little.
+            loss_g = self._reconstruction_loss(x, recon) + cfg["adversarial_weight"] * _bce(disc(recon), 1.0)
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            sched.step()
+            elapsed = time.monotonic() - ctx.started
+            if old_gen is None and (
+                done + 1 >= old_step or (phase1_s is not None and elapsed >= phase1_s * cfg["old_generator_at"])
+            ):
+                old_gen = copy.deepcopy(gen).eval().requires_grad_(False)
+            return loss_g
+
+        def phase1_over(done: int) -> bool:  # the rest of the budget is for the discriminator's phase
+            return phase1_s is not None and time.monotonic() - ctx.started >= phase1_s
+
         gen.train()
         disc.train()
-        for epoch in range(cfg["epochs"]):
-            for idx in epoch_batches(len(images), cfg["batch_size"], self.rng_):
-                x = to_tensor(augment_batch(images[idx], self.augmentations_, self.rng_), device)
-                recon = gen(x)[0]
-                # Discriminator: real photos (label smoothed to 0.9) vs reconstructions.
-                loss_d = (_bce(disc(x), 0.9) + _bce(disc(recon.detach()), 0.0)) / 2
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-                # Generator: rebuild the photo, and fool the discriminator a little.
-                loss_g = self._reconstruction_loss(x, recon) + cfg["adversarial_weight"] * _bce(disc(recon), 1.0)
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                opt_g.step()
-                sched.step()
-                meter.add(loss_g)
-                step, seen = step + 1, seen + len(idx)
-                elapsed = time.monotonic() - ctx.started
-                if old_gen is None and (
-                    step >= old_step or (phase1_s is not None and elapsed >= phase1_s * cfg["old_generator_at"])
-                ):
-                    old_gen = copy.deepcopy(gen).eval().requires_grad_(False)
-                if meter.due() or step == total:
-                    self._report(ctx, meter, step=step, total_steps=total, epoch=epoch + 1, images=seen,
-                                 phase="training generator")
-                else:
-                    ctx.check_cancel()
-                if phase1_s is not None and elapsed >= phase1_s:
-                    break
-            else:
-                self.record_epoch_scores(ctx, epoch + 1, cfg["epochs"])
-                continue
-            break
+        train_epochs(self, ctx, len(images), step, phase="training generator", stop_after=phase1_over,
+                     diverged_hint=DIVERGED_HINT)
         if old_gen is None:  # a budget shorter than a few steps
             old_gen = copy.deepcopy(gen).eval().requires_grad_(False)
         gen.eval().requires_grad_(False)
@@ -145,36 +133,21 @@ class OGNet(Autoencoder):
         normal, the old generator's reconstructions and two-image averages pseudo-anomalous."""
         cfg, device, disc = self.config_, self.device_, self.disc_
         opt = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.999))
-        per_epoch = max(1, steps_per_epoch(len(images), cfg["batch_size"]))
-        total = cfg["discriminator_epochs"] * per_epoch
-        meter, step, seen = LossMeter(), 0, 0
-        for epoch in range(cfg["discriminator_epochs"]):
-            for idx in epoch_batches(len(images), cfg["batch_size"], self.rng_):
-                x = to_tensor(augment_batch(images[idx], self.augmentations_, self.rng_), device)
-                with torch.no_grad():
-                    normal = torch.cat([x, self.net_(x)[0]])
-                    anomalous = pseudo_anomalies(x, old_gen(x)[0])
-                loss = (_bce(disc(normal), 1.0) + _bce(disc(anomalous), 0.0)) / 2
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                meter.add(loss)
-                step, seen = step + 1, seen + len(idx)
-                if meter.due() or step == total:
-                    self._report(ctx, meter, step=step, total_steps=total, epoch=epoch + 1, images=seen,
-                                 phase="training discriminator")
-                else:
-                    ctx.check_cancel()
-                if ctx.out_of_budget():
-                    return
 
-    @staticmethod
-    def _report(ctx: FitContext, meter: LossMeter, **event) -> None:
-        loss = meter.pop()
-        if loss is not None and not np.isfinite(loss):
-            raise RuntimeError(f"adversarial training diverged ({event['phase']}: loss {loss}); "
-                               "try a lower learning_rate or adversarial_weight")
-        ctx.report(loss=loss, **event)
+        def step(idx: np.ndarray, done: int) -> torch.Tensor:
+            x = to_tensor(augment_batch(images[idx], self.augmentations_, self.rng_), device)
+            with torch.no_grad():
+                normal = torch.cat([x, self.net_(x)[0]])
+                anomalous = pseudo_anomalies(x, old_gen(x)[0])
+            loss = (_bce(disc(normal), 1.0) + _bce(disc(anomalous), 0.0)) / 2
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss
+
+        # No monitor scores in this phase: the image score's scale is measured after it.
+        train_epochs(self, ctx, len(images), step, epochs=cfg["discriminator_epochs"],
+                     phase="training discriminator", monitor=False, diverged_hint=DIVERGED_HINT)
 
     def _fit_score_statistics(self, images: np.ndarray, ctx: FitContext) -> None:
         """Mean and spread, on the normal images, of the two parts of the image score."""

@@ -19,6 +19,7 @@ from torch import nn
 
 from adcore.augment import compose
 from adcore.methods.base import FitContext, register_method, resize_to, snapshot_epochs, to_tensor
+from adcore.methods.epochs import train_epochs
 from adcore.methods.patchcore import PatchCore
 from adcore.registry import Param
 
@@ -123,7 +124,7 @@ class PatchCoreSegmenter(PatchCore):
             sched.step()
             return loss
 
-        self._train_epochs(len(images), ctx, step)
+        train_epochs(self, ctx, len(images), step)
         head.eval()
 
     def _defect_batches(self, images: list[np.ndarray]) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adcore.backbones import BACKBONES, load_backbone, resnet18_weights_path
+from adcore.backbones import BACKBONES, load_backbone
 from adcore.encoders import normalize_exposure, warmup_cosine
 from adcore.methods.autoencoder import map_score_params, map_statistic
 from adcore.methods.base import (
     FitContext,
     Method,
+    build_saved_method,
     gaussian_blur,
     register_method,
     to_tensor,
 )
+from adcore.methods.epochs import TrainingClock, train_epochs
 from adcore.methods.patchcore import LAYER_CHOICES, parse_layers
 from adcore.registry import Param
 
@@ -32,28 +33,6 @@ STATISTICS_IMAGES = 160  # normal images the map's normalisation is measured on
 
 
 # -- teachers --------------------------------------------------------------------------------------
-
-def teacher_options(runs_root: Path | str | None = None) -> dict[str, str]:
-    """{value of the ``teacher`` parameter: what a user reads} for every possible teacher: the
-    ImageNet backbones, then the runs under ``runs_root`` (newest first) whose method gives dense
-    features. Values are what ``teacher`` accepts: a backbone name or a run folder."""
-    from adcore.methods import get_method_class
-    from adcore.runs import list_runs
-
-    options = {name: f"{name} (ImageNet, frozen)" for name in BACKBONES.names()}
-    if "resnet18" in options and not resnet18_weights_path().is_file():
-        options["resnet18"] = "resnet18: its ImageNet weights are not on this machine, efficientnet_lite0 is used instead"
-    runs, _ = list_runs(runs_root)
-    for run in runs:
-        try:
-            method = get_method_class(run.method_name)
-        except (KeyError, ValueError):  # a run of a method this version does not know
-            continue
-        if callable(getattr(method, "dense_features", None)):
-            name = run.config.get("name") or ""
-            options[str(run.path)] = f"run {run.run_id} · {method.title}" + (f" · {name}" if name else "")
-    return options
-
 
 class BackboneTeacher(nn.Module):
     """An ImageNet backbone's feature maps at ``strides``, the deeper ones upsampled to the finest
@@ -217,25 +196,39 @@ class StudentTeacher(Method):
         self.feat_std_ = torch.ones(1, channels, 1, 1, device=self.device_)
         self.map_stats_ = torch.tensor([0.0, 1.0, 0.0, 1.0], device=self.device_)  # error mean, std, var mean, std
 
-    def _teacher_method(self, teacher_state: dict[str, torch.Tensor] | None) -> Method:
-        from adcore.methods import build_saved_method
+    def teacher_run(self) -> Path | None:
+        """The run folder the ``teacher`` parameter names, or None for a pretrained backbone."""
+        teacher = self.get_params()["teacher"]
+        if teacher in BACKBONES:
+            return None
+        if not Path(teacher).is_dir():
+            raise ValueError(
+                f"teacher {teacher!r} is neither a pretrained backbone ({', '.join(BACKBONES.names())}) "
+                "nor a run folder"
+            )
+        return Path(teacher)
 
+    def fit(self, images, ctx: FitContext | None = None) -> "Method":
+        ctx = ctx or FitContext()
+        if self.teacher_run() is not None and ctx.teacher is None:
+            raise ValueError(
+                f"the teacher run {self.params['teacher']!r} must be loaded by the caller and passed as "
+                "FitContext(teacher=...); adcore.training.train_run does this"
+            )
+        self._given_teacher_ = ctx.teacher
+        try:
+            return super().fit(images, ctx)
+        finally:
+            del self._given_teacher_
+
+    def _teacher_method(self, teacher_state: dict[str, torch.Tensor] | None) -> Method:
         if teacher_state is not None:  # loading a saved model: the teacher comes from the state
             meta = _decode_json(teacher_state["__meta__"])
             method = build_saved_method(meta["method"], meta["params"])
             method.load_state_dict({k: v for k, v in teacher_state.items() if k != "__meta__"}, device=self.device_)
-        else:
-            from adcore.runs import load_run
-
-            path = Path(self.config_["teacher"])
-            if not path.is_dir():
-                raise ValueError(
-                    f"teacher {self.config_['teacher']!r} is neither a pretrained backbone "
-                    f"({', '.join(BACKBONES.names())}) nor a run folder"
-                )
-            run = load_run(path)
-            method = run.load_method(device=self.device_)
-            meta = {"method": run.method_name, "params": run.config["params"], "run": str(path)}
+        else:  # fitting: the caller loaded the teacher run (``FitContext.teacher``)
+            method = self._given_teacher_
+            meta = {"method": method.name, "params": method.get_params(), "run": self.config_["teacher"]}
         self.teacher_meta_ = {"kind": "run", **meta}
         return method
 
@@ -268,22 +261,16 @@ class StudentTeacher(Method):
 
         params = [p for s in self.students_ for p in s.parameters()]
         opt = torch.optim.Adam(params, lr=cfg["learning_rate"], weight_decay=1e-5)
-        total = self._total_steps(len(images))
         # The learning rate warms up and then decays on a cosine over the training, measured in steps
         # or, with a time budget, in time (whichever is further along), so that a budget-cut
-        # training still ends with a small learning rate instead of stopping at its peak.
-        train_start = time.monotonic()
-        train_s = None if ctx.budget_s is None else max(1.0, (ctx.budget_s - (train_start - ctx.started)) * 0.95)
+        # training still ends with a small learning rate instead of stopping at its peak. The
+        # budget's last 5 % is for measuring the map on normal images.
+        clock = TrainingClock(self._total_steps(len(images)), ctx.budget_s, ctx.started,
+                              reserve_share=0.05, min_train_s=1.0)
 
-        def step(idx: np.ndarray, done: int) -> torch.Tensor | None:
-            progress = done / total
-            if train_s is not None:
-                progress = max(progress, (time.monotonic() - train_start) / train_s)
-            if progress >= 1.0:  # the budget's last 5 % is for measuring the map on normal images
-                ctx.stopped_by_budget = True
-                return None
+        def step(idx: np.ndarray, done: int) -> torch.Tensor:
             for group in opt.param_groups:
-                group["lr"] = cfg["learning_rate"] * warmup_cosine(progress, 0.05)
+                group["lr"] = cfg["learning_rate"] * warmup_cosine(clock.progress(done), 0.05)
             x = to_tensor(images[idx], device)
             target = targets[torch.from_numpy(idx).to(device)]
             loss = (self._student_predictions(x) - target[None]).pow(2).mean()
@@ -293,7 +280,7 @@ class StudentTeacher(Method):
             return loss
 
         self.students_.train()
-        self._train_epochs(len(images), ctx, step)
+        train_epochs(self, ctx, len(images), step, stop_after=clock.done)
         self.students_.eval()
         self._fit_map_statistics(images, targets, ctx)
 
