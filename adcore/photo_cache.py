@@ -142,8 +142,8 @@ class PhotoCache:
     ) -> tuple[list[ImageRecord], Sequence[np.ndarray]]:
         """Decode ``records``' photos (in a pool of threads), keep them, and return the records that
         could be read with their photos, in order. Unreadable ones are added to ``skipped``.
-        ``on_progress(done, total)`` is called after each photo; a set ``stop`` ends early with ``Cancelled``."""
-        from adcore.methods.base import Cancelled
+        ``on_progress(done, total)`` is called after each photo (it may raise, e.g. to cancel); once
+        ``stop`` is set no further photo is decoded and ``on_progress`` is called at once."""
 
         def decode(rec: ImageRecord):
             if stop is not None and stop.is_set():
@@ -165,8 +165,10 @@ class PhotoCache:
                 if i + window < total:
                     futures.append(pool.submit(decode, records[i + window]))
                 futures[i] = None
-                if stop is not None and stop.is_set():
-                    raise Cancelled("training was cancelled")
+                if result is None:  # stopped: let on_progress raise, or end here
+                    if on_progress is not None:
+                        on_progress(i + 1, total)
+                    break
                 if isinstance(result, ImageError):
                     skipped.append({"rel_path": rec.rel_path, "reason": str(result)})
                 elif self.in_memory:

@@ -19,7 +19,7 @@ import torch
 import adcore
 from adcore.data import ImageSet, load_mask, open_image_set
 from adcore.device import describe_device, pick_device
-from adcore.methods import DEFAULT_METHOD, FitContext, Method, build_method
+from adcore.methods import DEFAULT_METHOD, Cancelled, FitContext, Method, build_method
 from adcore.photo_cache import MAX_SIDE, PhotoCache, image_shape, take
 from adcore.projection import DEFAULT_MAP_KEY, default_map
 from adcore.runs import new_run_id, write_run
@@ -102,6 +102,8 @@ def train_run(
     with PhotoCache(in_memory=not spec.photo_cache, max_side=spec.max_photo_side) as cache:
 
         def decoded(done: int, total: int) -> None:
+            if stop_event.is_set():
+                raise Cancelled("training was cancelled")
             progress({"phase": "decoding photos", "step": done, "total_steps": total, "images": done})
 
         normal_records, normal_images = cache.load(image_set.normal_train, skipped, on_progress=decoded,

@@ -109,14 +109,30 @@ def test_unreadable_photos_are_skipped_with_their_reason(tmp_path):
 
 
 def test_a_stop_request_ends_the_decoding(tmp_path):
-    image_set = open_image_set(make_tiny_mvtec(tmp_path / "set", n_train=6))
-    stop = threading.Event()
+    image_set = open_image_set(make_tiny_mvtec(tmp_path / "set", n_train=12))
+    stop, calls = threading.Event(), []
 
     def on_progress(done: int, total: int) -> None:
+        calls.append(done)
         stop.set()
 
-    with PhotoCache(root=tmp_path) as cache, pytest.raises(Cancelled):
-        cache.load(image_set.normal_train, [], on_progress=on_progress, stop=stop)
+    with PhotoCache(root=tmp_path, workers=1) as cache:
+        records, images = cache.load(image_set.normal_train, [], on_progress=on_progress, stop=stop)
+    assert len(records) < 12 and len(calls) <= 4  # at most the photos already in flight
+
+
+def test_a_cancelled_training_stops_while_decoding(tmp_path):
+    data = make_tiny_mvtec(tmp_path / "set", n_train=12)
+    stop = threading.Event()
+
+    def on_progress(event: dict) -> None:
+        if event["phase"] == "decoding photos":
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        train_run(TrainSpec(data=str(data), method="patchcore"), tmp_path / "runs", on_progress=on_progress,
+                  stop_event=stop)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_lazy_tiles_are_the_tiles_cut_at_once():
