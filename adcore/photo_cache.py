@@ -214,3 +214,27 @@ class TiledImages(Sequence[np.ndarray]):
             return [self[j] for j in range(len(self))[k]]
         i, (top, left, bottom, right) = self.index[k]
         return np.ascontiguousarray(self.images[i][top:bottom, left:right])
+
+
+def predict_at_side(predict: Callable[[Sequence[np.ndarray]], Any], images: Sequence[np.ndarray],
+                    max_side: int | None) -> Any:
+    """``predict(images)`` with each photo first shrunk as training kept them (``shrink``), and the
+    prediction's maps and reconstructions brought back to each photo's own size: a model trained on the
+    photo cache sees new photos at the scale it learnt (which matters for tiles of fixed pixel size).
+    Photos at most ``max_side`` (and ``max_side`` None: runs before the cache) pass as they are."""
+    if max_side is None or all(max(im.shape[:2]) <= max_side for im in images):
+        return predict(images)
+    prediction = predict([shrink(im, max_side) for im in images])
+    sizes = [im.shape[:2] for im in images]
+    if prediction.anomaly_maps is not None:
+        prediction.anomaly_maps = [
+            m if m.shape == size else np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize(
+                (size[1], size[0]), Image.BILINEAR), dtype=np.float32)
+            for m, size in zip(prediction.anomaly_maps, sizes)
+        ]
+    if prediction.reconstructions is not None:
+        prediction.reconstructions = [
+            r if r.shape[:2] == size else np.asarray(Image.fromarray(r).resize((size[1], size[0]), Image.BILINEAR))
+            for r, size in zip(prediction.reconstructions, sizes)
+        ]
+    return prediction

@@ -154,3 +154,29 @@ def test_patchcore_subsamples_candidate_patches_beyond_the_bound(monkeypatch):
     assert small.n_patches_ == full.n_patches_  # every patch was seen ...
     assert 90 <= len(small.bank_) <= 110  # ... but only about 100 were kept to choose from
     assert small.score(images[:2]).shape == (2,)
+
+
+def test_a_model_sees_new_large_photos_at_the_size_training_kept_them(tmp_path):
+    from adcore.export import model_from_run
+    from adcore.photo_cache import shrink
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    photos = [np.asarray(Image.fromarray(textured(rng, 64)).resize((240, 160))) for _ in range(6)]
+    for i, photo in enumerate(photos):
+        Image.fromarray(photo).save(folder / f"{i}.png")
+    params = {"image_size": 32, "tile_size": 40, "batch_size": 4}
+    run_dir = train_run(TrainSpec(data=str(folder), method="patchcore", params=params, max_photo_side=120),
+                        tmp_path / "runs")
+    model = model_from_run(run_dir, "cpu")
+    assert model.config["max_photo_side"] == 120
+    prediction = model.predict(photos[:2])
+    assert [m.shape for m in prediction.anomaly_maps] == [(160, 240)] * 2  # maps at each photo's own size
+    direct = model.method.predict([shrink(p, 120) for p in photos[:2]])
+    np.testing.assert_array_equal(prediction.scores, direct.scores)  # the tiles were cut at training's scale
+    run = load_run(run_dir)
+    fit = run.results["role"] == "fit"
+    names = list(run.results["rel_path"][fit])
+    again = model.predict([photos[int(Path(n).stem)] for n in names])
+    np.testing.assert_allclose(again.scores, run.results["score"][fit], rtol=1e-5)
