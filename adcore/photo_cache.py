@@ -5,7 +5,7 @@ method has done anything, so training 400 of them does not fit in an ordinary ma
 instead decodes each photo once (a small pool of threads: Pillow releases the GIL while decoding and
 resizing), shrinks it to at most ``MAX_SIDE`` pixels on its longer side (its width:height kept; smaller
 photos are kept exactly as they are) and saves it as an uncompressed ``.npy`` file in a temporary
-folder. ``CachedImages`` is a ``Sequence`` of those files: indexing one opens it memory-mapped
+folder (named with the process id, so that a folder left by a killed run is removed by the next one). ``CachedImages`` is a ``Sequence`` of those files: indexing one opens it memory-mapped
 (copy-on-write, so a method that changes its input in place changes only its own copy), slicing or
 ``take`` gives another lazy sequence, and only the photos a method is working on at the moment are in
 memory. The folder is removed when the cache is closed.
@@ -96,6 +96,28 @@ def image_shape(images: Sequence[np.ndarray], i: int) -> tuple[int, ...]:
     return tuple(shapes[i]) if shapes is not None else images[i].shape
 
 
+def remove_stale_caches(root: Path) -> list[Path]:
+    """Remove the cache folders under ``root`` left by runs whose process was killed (a killed process
+    cannot clean up after itself); returns them."""
+    removed = []
+    for folder in root.glob("adcore-photos-*-*"):
+        pid = folder.name.split("-")[2]
+        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 class PhotoCache:
     """Decoded photos of one training run: on disk under a temporary folder, or (``in_memory``) in a list.
 
@@ -107,7 +129,10 @@ class PhotoCache:
         self.in_memory = in_memory
         self.max_side = None if in_memory else max_side
         self.workers = workers
-        self.folder = None if in_memory else Path(tempfile.mkdtemp(prefix="adcore-photos-", dir=root))
+        if not in_memory:
+            remove_stale_caches(Path(root or tempfile.gettempdir()))
+        # The process id in the name tells a later run whether the folder's owner is still alive.
+        self.folder = None if in_memory else Path(tempfile.mkdtemp(prefix=f"adcore-photos-{os.getpid()}-", dir=root))
         self._count = 0
         self._lock = threading.Lock()
 

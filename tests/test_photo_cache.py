@@ -180,3 +180,23 @@ def test_a_model_sees_new_large_photos_at_the_size_training_kept_them(tmp_path):
     names = list(run.results["rel_path"][fit])
     again = model.predict([photos[int(Path(n).stem)] for n in names])
     np.testing.assert_allclose(again.scores, run.results["score"][fit], rtol=1e-5)
+
+
+def test_a_cache_left_by_a_killed_run_is_removed_by_the_next(tmp_path):
+    dead = _a_dead_pid()
+    left = tmp_path / f"adcore-photos-{dead}-abc"
+    left.mkdir()
+    (left / "0000001.npy").write_bytes(b"x")
+    mine = tmp_path / "adcore-photos-1-abc"  # pid 1 is alive: not ours to remove
+    mine.mkdir()
+    with PhotoCache(root=tmp_path) as cache:
+        assert cache.folder.exists()
+    assert not left.exists() and mine.exists()
+
+
+def _a_dead_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
