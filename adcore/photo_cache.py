@@ -90,6 +90,13 @@ def take(images: Sequence[np.ndarray], indices: Iterable[int]) -> Sequence[np.nd
     return [images[int(i)] for i in indices]
 
 
+def concat(first: Sequence[np.ndarray], second: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+    """``first`` then ``second``: still lazy where both are ``CachedImages``, else a list."""
+    if isinstance(first, CachedImages) and isinstance(second, CachedImages):
+        return first + second
+    return list(first) + list(second)
+
+
 def image_shape(images: Sequence[np.ndarray], i: int) -> tuple[int, ...]:
     """The shape of ``images[i]``, without reading its pixels where the sequence knows it (``shapes``)."""
     shapes = getattr(images, "shapes", None)

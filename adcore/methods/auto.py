@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from adcore.backbones import BACKBONES
 from adcore.methods.base import FitContext, Method, Prediction, gaussian_blur, register_method, upsample_maps
 from adcore.methods.patchcore import DISTANCE_CHUNK, PatchCore, greedy_coreset, knn_distance, patch_embedding
-from adcore.photo_cache import TiledImages, take
+from adcore.photo_cache import TiledImages, concat, take
 from adcore.registry import Param
 from adcore.synthetic import FAMILIES, make_defect
 
@@ -707,7 +707,7 @@ class Auto(Method):
                 patches = torch.cat([_rows(self._embed(cand, f)) for f in feats])
             again.fit_patches(patches, len(feats), ctx)
         else:
-            again.fit(list(fit_images) + list(extra_images), ctx)
+            again.fit(concat(fit_images, extra_images), ctx)
         return again
 
     # -- scoring ---------------------------------------------------------------------------------
