@@ -61,6 +61,7 @@ import adcore
 from adcore.device import pick_device
 from adcore.files import write_atomic
 from adcore.methods import Method, Prediction, build_saved_method
+from adcore.photo_cache import predict_at_side
 from adcore.runs import Run, load_run
 from adcore.scoring import Scorer, build_scorer
 from adcore.threshold import Threshold, is_anomalous, threshold_for
@@ -239,6 +240,7 @@ def export_bytes(
         "threshold": {**threshold.to_dict(), "method": str(threshold.details.get("rule", "chosen"))},
         "decision": "anomalous if score >= threshold value",
         "map_display": map_display_range(run),
+        "max_photo_side": run.config.get("max_photo_side"),  # photos are shrunk to this before the method
         "source_run": {
             "run_id": run.run_id,
             "name": run.config.get("name", ""),
@@ -333,7 +335,8 @@ class LoadedModel:
 
     def predict(self, images: Sequence[np.ndarray], batch_size: int = 32) -> Prediction:
         """The method's prediction for HWC uint8 images, scores from the scorer where there is one."""
-        prediction = self.method.predict(images, batch_size=batch_size)
+        side = self.config.get("max_photo_side")  # the size training kept the photos at
+        prediction = predict_at_side(lambda ims: self.method.predict(ims, batch_size=batch_size), images, side)
         if self.scorer is not None:
             prediction.scores = self.scorer.score(prediction.embeddings)
         return prediction
@@ -351,7 +354,8 @@ def model_from_run(run: Run | Path | str, device: torch.device | str = "auto") -
     if spec is not None:
         scorer, _, scores = fit_run_scorer(run, spec)
     method = run.load_method(device)
-    config = {"method": {"name": run.method_name, "params": method.get_params()}, "map_display": map_display_range(run)}
+    config = {"method": {"name": run.method_name, "params": method.get_params()}, "map_display": map_display_range(run),
+              "max_photo_side": run.config.get("max_photo_side")}
     threshold = threshold_for(run, None if spec is None else spec.to_dict(), scores)
     return LoadedModel(run.path, method, threshold, config, scorer)
 

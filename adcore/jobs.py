@@ -45,10 +45,16 @@ class Progress:
         return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
 
 
+ENGINES = {"local": "this machine (a background thread)", "ray": "a Ray cluster (a local instance without an address)"}
+
+
 @dataclass
 class Job:
     spec: TrainSpec
     image_set: ImageSet | None = None  # already opened by the caller: saves re-reading it
+    engine: str = "local"  # one of ENGINES
+    ray_address: str | None = None  # with engine "ray": the cluster; None: a local Ray instance
+    engine_detail: str = ""  # where it runs, once known, e.g. "Ray, 1 GPU"
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     status: str = QUEUED
     device: str = ""
@@ -134,12 +140,23 @@ class JobManager:
         self._worker = threading.Thread(target=self._work, name="adcore-training", daemon=True)
         self._worker.start()
 
-    def submit(self, spec: TrainSpec, image_set: ImageSet | None = None) -> Job:
-        """Queue a training; pass the ``image_set`` the page already opened to skip re-reading it."""
-        job = Job(spec=spec, image_set=image_set)
+    def submit(self, spec: TrainSpec, image_set: ImageSet | None = None, *, engine: str = "local",
+               ray_address: str | None = None) -> Job:
+        """Queue a training; pass the ``image_set`` the page already opened to skip re-reading it.
+
+        ``engine`` "local" trains in this server's worker thread, one job at a time; "ray" submits the
+        job to Ray at once (its own thread waits for it), where jobs wait for a free GPU or node."""
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        if ray_address and engine != "ray":
+            raise ValueError("a Ray address goes with the ray engine")
+        job = Job(spec=spec, image_set=image_set, engine=engine, ray_address=ray_address)
         with self._lock:
             self._jobs[job.id] = job
-        self._queue.put(job)
+        if engine == "ray":
+            threading.Thread(target=self._run, args=(job,), name=f"adcore-ray-{job.id}", daemon=True).start()
+        else:
+            self._queue.put(job)
         return job
 
     def jobs(self) -> list[Job]:
@@ -175,16 +192,20 @@ class JobManager:
         if not job._start():
             return
         try:
-            from adcore.device import describe_device, pick_device
+            if job.engine == "ray":
+                self._run_on_ray(job)
+            else:
+                from adcore.device import describe_device, pick_device
 
-            job.device = describe_device(pick_device(job.spec.device))
-            job.run_dir = train_run(
-                job.spec,
-                self.runs_root,
-                on_progress=job._on_progress,
-                stop_event=job.stop_event,
-                image_set=job.image_set,
-            )
+                job.device = describe_device(pick_device(job.spec.device))
+                job.engine_detail = "this machine"
+                job.run_dir = train_run(
+                    job.spec,
+                    self.runs_root,
+                    on_progress=job._on_progress,
+                    stop_event=job.stop_event,
+                    image_set=job.image_set,
+                )
             job.status = FINISHED
         except Cancelled:
             job.status = CANCELLED
@@ -195,3 +216,19 @@ class JobManager:
         finally:
             job.ended = time.time()
             job.progress.phase = job.status
+
+    def _run_on_ray(self, job: Job) -> None:
+        from dataclasses import replace
+
+        from adcore.ray_training import connect, train_on_ray
+
+        connect(job.ray_address)  # for good: the server's Ray jobs share one connection (the first one's address)
+        spec = job.spec
+        if str(spec.data).startswith("<") and job.image_set is not None:
+            spec = replace(spec, data=str(job.image_set.root))  # uploads: the folder they were saved in
+
+        def submitted(detail: str) -> None:
+            job.engine_detail = job.device = detail
+
+        job.run_dir = train_on_ray(spec, self.runs_root, address=job.ray_address, on_progress=job._on_progress,
+                                   stop_event=job.stop_event, on_submitted=submitted)

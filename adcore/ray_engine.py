@@ -47,6 +47,13 @@ class RayNotInstalled(ImportError):
     """Ray was asked for but is not installed: the message names the optional requirements file."""
 
 
+def ray_available() -> bool:
+    """Whether Ray (with Ray Data) is installed, without importing it."""
+    from importlib.util import find_spec
+
+    return find_spec("ray") is not None and find_spec("ray.data") is not None
+
+
 def import_ray() -> Any:
     """The ``ray`` module, with ``ray.data``; ``RayNotInstalled`` saying how to get it if missing."""
     try:
@@ -80,6 +87,15 @@ def ray_session(address: str | None = None) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
+    init_ray(ray, address)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def init_ray(ray: Any, address: str | None) -> None:
+    """``ray.init``: the cluster at ``address``, else a small local instance with this machine's CPUs."""
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
@@ -90,10 +106,6 @@ def ray_session(address: str | None = None) -> Iterator[Any]:
             log_to_driver=False,
             logging_level=logging.WARNING,
         )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 def worker_resources(ray: Any, workers: int | None) -> tuple[int, dict[str, float]]:

@@ -16,6 +16,7 @@ from adcore import catalog, viz
 from adcore.data import ImageError, load_image, load_mask
 from adcore.export import LoadedModel, load_model_bytes, map_display_range
 from adcore.methods import Method, get_method_class
+from adcore.photo_cache import predict_at_side
 from adcore.runs import Run
 from adcore.threshold import is_anomalous
 from app_pages import common
@@ -38,7 +39,8 @@ def _method(path: str, version: int) -> Method:
 @st.cache_data(show_spinner="Running the model on this image…", max_entries=64)
 def predict_one(path: str, version: int, image_key: str, _image: np.ndarray) -> dict[str, Any]:
     """Score, full-size anomaly map and reconstruction of one HWC uint8 image (``image_key`` names it)."""
-    prediction = _method(path, version).predict([_image])
+    side = common.load_run_cached(Path(path)).config.get("max_photo_side")  # the size training saw photos at
+    prediction = predict_at_side(_method(path, version).predict, [_image], side)
     return {
         "score": float(prediction.scores[0]),
         "map": None if prediction.anomaly_maps is None else prediction.anomaly_maps[0],

@@ -6,7 +6,8 @@ import streamlit as st
 
 from adcore import catalog, viz
 from adcore.backbones import BACKBONES, resnet18_weights_path
-from adcore.jobs import CANCELLED, FAILED, FINISHED, RUNNING, Job, JobManager
+from adcore.jobs import CANCELLED, ENGINES, FAILED, FINISHED, RUNNING, Job, JobManager
+from adcore.ray_engine import RAY_REQUIREMENTS, ray_available
 from adcore.methods import DEFAULT_METHOD, METHODS, build_method, get_method_class
 from adcore.methods.auto import describe_selection
 from adcore.runs import list_runs
@@ -51,7 +52,9 @@ def teacher_options(runs_root) -> dict[str, str]:
 
 
 def job_label(job: Job) -> str:
-    return f"{method_title(job.spec.method)} · job `{job.id}`" + (f" · {job.spec.name}" if job.spec.name else "")
+    engine = job.engine_detail or ("Ray" if job.engine == "ray" else "this machine")
+    return (f"{method_title(job.spec.method)} · job `{job.id}` · on {engine}"
+            + (f" · {job.spec.name}" if job.spec.name else ""))
 
 
 def show_running(job: Job) -> None:
@@ -103,7 +106,7 @@ def show_selection(selection: dict, title: str) -> None:
 
 
 def show_queue(queued: list[Job], ahead: int) -> None:
-    st.markdown(f"**Queued ({len(queued)})** · jobs run one at a time, in this order")
+    st.markdown(f"**Queued ({len(queued)})** · jobs on this machine run one at a time, in this order")
     for position, job in enumerate(queued, start=ahead + 1):
         text, button = st.columns([3, 2], vertical_alignment="center")
         text.markdown(f"{position}. {job_label(job)}")
@@ -311,6 +314,27 @@ with run_col:
         help="0 = no limit. Otherwise training stops cleanly after this long and keeps the model it has.",
     )
     run_name = common.remembered(r2.text_input, "Run name (optional)", key="train.name", value="", max_chars=80)
+    e1, e2 = st.columns(2)
+    engines = list(ENGINES)
+    engine = common.keep("train.engine", e1.radio(
+        "Engine",
+        engines,
+        index=engines.index(common.kept("train.engine", "local")),
+        key="train.engine",
+        format_func=lambda name: {"local": "This machine", "ray": "Ray"}[name],
+        horizontal=True,
+        help="This machine: a background job here, one at a time. Ray: the job is submitted to a Ray cluster "
+        "(one GPU per job where it has GPUs; jobs wait in Ray's queue), or to a local Ray instance without "
+        "an address. The cluster's nodes must see this image set's folder.",
+    ))
+    ray_address = ""
+    if engine == "ray":
+        ray_address = common.remembered(
+            e2.text_input, "Ray address (optional)", key="train.ray_address", value="",
+            help="e.g. ray://head:10001 or auto; empty: a local Ray instance on this machine.",
+        )
+        if not ray_available():
+            problems.append(f"the Ray engine needs Ray, an optional extra: pip install -r {RAY_REQUIREMENTS}")
     if len(normal_train) < 2:
         problems.append(f"the image set has {len(normal_train)} normal training image(s); at least 2 are needed")
     for problem in problems:
@@ -334,7 +358,9 @@ with run_col:
             budget_s=budget_min * 60 if budget_min > 0 else None,
             name=run_name.strip(),
         )
-        st.session_state["train.job_id"] = manager.submit(spec, image_set=image_set).id
+        st.session_state["train.job_id"] = manager.submit(
+            spec, image_set=image_set, engine=engine, ray_address=ray_address.strip() or None
+        ).id
 
     st.subheader("Training jobs")
     live_panel(manager)

@@ -18,6 +18,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget-s", type=float, default=None, help="stop training cleanly after this many seconds")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
     p.add_argument("--out", required=True, help="run folder to create (must not exist)")
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: one Ray task, on a GPU where the cluster has one (Ray is an "
+        "optional extra); Ctrl-C cancels it",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="with --engine ray: a running Ray cluster (the data on storage its nodes see); default: a local "
+        "instance on this machine",
+    )
     p.set_defaults(func=run)
 
 
@@ -58,9 +72,19 @@ def bar_progress(bar: Any, label: str = "") -> Callable[[dict], None]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from adcore.methods import DEFAULT_METHOD, get_method_class
+    from adcore.methods import DEFAULT_METHOD, Cancelled, get_method_class
     from adcore.training import TrainSpec, train_run
 
+    if args.engine != "ray" and args.ray_address:
+        raise ValueError("--ray-address goes with --engine ray")
+    if args.engine == "ray":
+        from adcore.ray_engine import RayNotInstalled, import_ray
+
+        try:
+            import_ray()  # before any work
+        except RayNotInstalled as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     name = args.method or DEFAULT_METHOD
     params = parse_params(get_method_class(name), args.param)
     if args.image_size is not None:
@@ -76,7 +100,21 @@ def run(args: argparse.Namespace) -> int:
     # Written under a scratch root next to --out, then moved, so --out appears only when complete.
     scratch = out.parent / f".adcore-train-{out.name}"
     try:
-        run_dir = train_run(spec, scratch, on_progress=on_progress)
+        if args.engine == "ray":
+            from adcore.ray_training import train_on_ray
+
+            def submitted(engine: str) -> None:
+                bar.write(f"training on {engine}", file=sys.stderr)
+
+            try:
+                run_dir = train_on_ray(spec, scratch, address=args.ray_address, on_progress=on_progress,
+                                       on_submitted=submitted)
+            except Cancelled as exc:
+                bar.close()
+                print(f"{exc}: the Ray task was stopped, nothing was written", file=sys.stderr)
+                return 130
+        else:
+            run_dir = train_run(spec, scratch, on_progress=on_progress)
         out.parent.mkdir(parents=True, exist_ok=True)
         run_dir.rename(out)
     finally:

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from adcore.backbones import BACKBONES
 from adcore.methods.base import FitContext, Method, Prediction, gaussian_blur, register_method, upsample_maps
 from adcore.methods.patchcore import DISTANCE_CHUNK, PatchCore, greedy_coreset, knn_distance, patch_embedding
+from adcore.photo_cache import TiledImages, concat, take
 from adcore.registry import Param
 from adcore.synthetic import FAMILIES, make_defect
 
@@ -258,8 +259,8 @@ class Auto(Method):
         self.search_results_: dict = {}
         self.selection_: dict[str, Any] = {}
 
-    def _fit_images(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return list(images)
+    def _fit_images(self, images: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+        return images  # as given: a run's photo cache stays lazy (see adcore.photo_cache)
 
     def _fit(self, images: list[np.ndarray], ctx: FitContext) -> None:
         self.config_ = cfg = {**self.config_, "image_size": self.config_["image_size"] or working_size(images)}
@@ -280,9 +281,9 @@ class Auto(Method):
             self._finish(started, 0.0)
             return
         order = self.rng_.permutation(n)
-        val_images = [images[i] for i in order[:n_val]]
-        rest = [images[i] for i in order[n_val:]]
-        search_bank = [rest[i] for i in self.rng_.permutation(len(rest))[: cfg["search_images"]]]
+        val_images = take(images, order[:n_val])
+        rest = take(images, order[n_val:])
+        search_bank = take(rest, self.rng_.permutation(len(rest))[: cfg["search_images"]])
         tile = 0
         shorter = np.median([min(im.shape[:2]) for im in images])
         if cfg["tiling"] == "auto" and shorter >= LARGE_PHOTO_SIDE * cfg["image_size"]:
@@ -336,6 +337,7 @@ class Auto(Method):
     ) -> list[dict[str, Any]]:
         """Score every candidate on the validation set; one row per candidate, in grid order. With
         ``keep_features``, the whole-photo views' features stay in ``kept_features_`` for the final fit."""
+        cfg = self.config_
         results: dict[Candidate, dict[str, Any]] = {}
         views = list(dict.fromkeys(c.view for c in grid))
         done = 0
@@ -343,7 +345,11 @@ class Auto(Method):
             members = [c for c in grid if c.view == view]
             t_view = time.monotonic()
             proto = self._prototype(members[0])
-            bank_feats = self._extract(proto, proto._fit_images(bank_images), ctx, f"search: features ({members[0].normalize})")
+            bank_input = proto._fit_images(bank_images)
+            if len(bank_input) > cfg["search_images"]:  # tiles: a random subset, as many as photos would be
+                pick = np.random.default_rng(cfg["seed"] + 11).permutation(len(bank_input))[: cfg["search_images"]]
+                bank_input = take(bank_input, np.sort(pick))
+            bank_feats = self._extract(proto, bank_input, ctx, f"search: features ({members[0].normalize})")
             val_feats, val_boxes = self._extract_validation(proto, v_images, ctx)
             view_s = time.monotonic() - t_view
             for cand in members:
@@ -429,10 +435,10 @@ class Auto(Method):
         tile = proto.config_["tile_size"]
         if not tile:
             return self._extract(proto, v_images, ctx, "search: validation features"), None
-        from adcore.tiling import cut_tiles, tile_boxes
+        from adcore.tiling import tile_boxes
 
         boxes = [tile_boxes(*im.shape[:2], tile, 0.25) for im in v_images]
-        tiles = [t for im, b in zip(v_images, boxes) for t in cut_tiles(im, b)]
+        tiles = TiledImages(v_images, tile, 0.25)  # cut as extracted, not all at once
         return self._extract(proto, tiles, ctx, "search: validation features (tiles)"), boxes
 
     def _judge(self, proto, cand, bank_feats, val_feats, val_boxes, v_images, kinds, masks, source) -> dict:
@@ -701,7 +707,7 @@ class Auto(Method):
                 patches = torch.cat([_rows(self._embed(cand, f)) for f in feats])
             again.fit_patches(patches, len(feats), ctx)
         else:
-            again.fit(list(fit_images) + list(extra_images), ctx)
+            again.fit(concat(fit_images, extra_images), ctx)
         return again
 
     # -- scoring ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from adcore.device import pick_device, seed_everything
+from adcore.photo_cache import image_shape
 from adcore.registry import Param, Registry, validate_params
 
 
@@ -279,8 +280,8 @@ class Method:
     def _shape_groups(self, images: Sequence[np.ndarray]) -> dict[tuple[int, int], list[int]]:
         """Indices of ``images`` by the (H, W) each becomes for the network, in order of first appearance."""
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, image in enumerate(images):
-            groups.setdefault(self._input_shape(*image.shape[:2]), []).append(i)
+        for i in range(len(images)):
+            groups.setdefault(self._input_shape(*image_shape(images, i)[:2]), []).append(i)
         return groups
 
     def _shaped_batches(
@@ -310,7 +311,7 @@ class Method:
             for idx, x in self._shaped_batches(images, batch_size):
                 out = self._predict_batch(x)
                 scores[idx] = out["scores"].double().cpu().numpy()
-                sizes = [images[i].shape[:2] for i in idx]
+                sizes = [image_shape(images, i)[:2] for i in idx]
                 if out.get("embeddings") is not None:
                     for i, e in zip(idx, out["embeddings"].float().cpu().numpy()):
                         embeddings[i] = e

@@ -24,6 +24,7 @@ from adcore.methods.base import (
     gaussian_blur,
     register_method,
 )
+from adcore.photo_cache import TiledImages
 from adcore.registry import Param
 from adcore.tiling import cut_tiles, stitch, tile_boxes
 
@@ -33,6 +34,10 @@ REPORT_EVERY_S = 0.5
 EDGE_PAD = 32  # pixels mirrored around the input with edge_padding="reflect" (the deepest stride, so every map crops evenly)
 TILE_OVERLAP = 0.25
 DISTANCE_CHUNK = 1 << 22  # query x bank distances computed at once (16 MB of float32)
+# The coreset is chosen from at most this many bytes of patch features (float32): where a set has
+# more patches (many photos, or many tiles), each batch's patches are subsampled at random first, so
+# memory does not grow with the number of photos (the greedy selection's cost does not either).
+MAX_CANDIDATE_BYTES = 1 << 30
 
 
 def parse_layers(text: str) -> list[int]:
@@ -86,12 +91,12 @@ class PretrainedFeatures(Method):
             return aspect_shape(height, width, self.config_["image_size"])
         return super()._input_shape(height, width)
 
-    def _fit_images(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        # Photos (or their tiles) as they are; _each_batch resizes them batch by batch.
+    def _fit_images(self, images: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+        # Photos (or their tiles, cut when read) as they are; _each_batch resizes them batch by batch.
         tile = self.config_["tile_size"]
         if not tile:
-            return list(images)
-        return [t for image in images for t in cut_tiles(image, tile_boxes(*image.shape[:2], tile, TILE_OVERLAP))]
+            return images
+        return TiledImages(images, tile, TILE_OVERLAP)
 
     def _features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         """(B, 3, S, S) in [0, 1] -> {stride: (B, C, S/stride, S/stride)} from the frozen backbone."""
@@ -317,13 +322,22 @@ class PatchCore(PretrainedFeatures):
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         return patch_embedding(self._features(x), self.projection_, self.config_["neighbourhood"])
 
-    def _fit(self, images: np.ndarray, ctx: FitContext) -> None:
-        patches = []
+    def _fit(self, images: Sequence[np.ndarray], ctx: FitContext) -> None:
+        patches, seen, share = [], 0, 1.0
+        gen = torch.Generator().manual_seed(self.config_["seed"])
         with torch.inference_mode():
             for x in self._each_batch(images, ctx, "extracting features"):
                 emb = self._embed(x)
-                patches.append(emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1]))
-        self._fit_patches(torch.cat(patches), len(images), ctx)
+                flat = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+                if not seen:  # the share to keep, from the first batch's patches per image
+                    expected = len(flat) / len(x) * len(images)
+                    share = min(1.0, MAX_CANDIDATE_BYTES / (4 * flat.shape[1]) / expected)
+                seen += len(flat)
+                if share < 1.0:
+                    keep = max(1, round(len(flat) * share))
+                    flat = flat[torch.randperm(len(flat), generator=gen)[:keep].to(flat.device)]
+                patches.append(flat)
+        self._fit_patches(torch.cat(patches), len(images), ctx, seen=seen)
 
     def fit_patches(self, patches: torch.Tensor, n_images: int, ctx: FitContext | None = None) -> "PatchCore":
         """Fit from patch embeddings already made as ``_embed`` makes them, (N, D) rows from
@@ -334,10 +348,17 @@ class PatchCore(PretrainedFeatures):
         self._fit_patches(patches.to(self.device_), n_images, ctx)
         return self
 
-    def _fit_patches(self, patches: torch.Tensor, n_images: int, ctx: FitContext) -> None:
+    def _fit_patches(self, patches: torch.Tensor, n_images: int, ctx: FitContext, seen: int | None = None) -> None:
+        """Choose the memory from ``patches``, a random subset of ``seen`` patches (default: all of them);
+        more than ``MAX_CANDIDATE_BYTES`` of them are subsampled at random first."""
         cfg = self.config_
-        self.n_patches_ = len(patches)  # how many the memory was chosen from (not saved; auto reads it)
-        n_keep = min(cfg["max_bank"], max(1, int(round(len(patches) * cfg["coreset_ratio"]))))
+        seen = len(patches) if seen is None else seen
+        limit = max(1, MAX_CANDIDATE_BYTES // (4 * max(1, patches.shape[1])))
+        if len(patches) > limit:
+            gen = torch.Generator().manual_seed(cfg["seed"])
+            patches = patches[torch.randperm(len(patches), generator=gen)[:limit].to(patches.device)]
+        self.n_patches_ = seen  # how many patches the photos had (not saved; auto reads it)
+        n_keep = min(cfg["max_bank"], len(patches), max(1, int(round(seen * cfg["coreset_ratio"]))))
 
         def on_step(i: int) -> bool:
             ctx.report(step=i, total_steps=n_keep, images=n_images, phase="selecting coreset")

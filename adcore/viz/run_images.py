@@ -69,10 +69,13 @@ def _read_run_file(run: Any, rel_path: str) -> np.ndarray:
 def synthetic_images(run: Any) -> list[np.ndarray]:
     """The synthetic defects of a run (HWC uint8, in the order of its synthetic rows), pasted again
     onto its hold-out images as training did; raises ImageError if one cannot be read."""
+    from adcore.photo_cache import shrink
     from adcore.training import synthetic_defects  # imports torch: only when a synthetic row is shown
 
     rel, role = run.results["rel_path"], run.results["role"]
-    holdout = [_read_run_file(run, str(r)) for r in rel[role == "holdout"]]
+    # At the size training kept the photos at (runs before the photo cache: as they are).
+    side = run.config.get("max_photo_side")
+    holdout = [shrink(_read_run_file(run, str(r)), side) for r in rel[role == "holdout"]]
     images, _ = synthetic_defects(holdout, int((run.config.get("params") or {}).get("seed", 0)))
     return images
 
