@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from adcore.backbones import BACKBONES
-from adcore.methods.base import FitContext, Method, Prediction, gaussian_blur, register_method
+from adcore.methods.base import FitContext, Method, Prediction, ResizeRule, gaussian_blur, register_method
 from adcore.methods.patchcore import DISTANCE_CHUNK, PatchCore, greedy_coreset, knn_distance, patch_embedding
 from adcore.registry import Param
 from adcore.synthetic import FAMILIES, make_defect
@@ -625,6 +625,15 @@ class Auto(Method):
     def run_details(self) -> dict[str, Any]:
         return {"selection": self.selection_}
 
+    def inference_module(self) -> torch.nn.Module:
+        """The chosen PatchCore's inference module, or for combined members their ``ZScoreCombination``."""
+        self._check_fitted()
+        modules = [m.inference_module() for m in self.members_]
+        return modules[0] if len(modules) == 1 else ZScoreCombination(modules, self.calibration_)
+
+    def resize_rule(self) -> ResizeRule:
+        return self.members_[0].resize_rule()
+
 
 def describe_selection(selection: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     """A run's selection table for people: one row per candidate (best first, the chosen ones marked)
@@ -695,3 +704,24 @@ def _resize_map(m: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
         return m.float().cpu().numpy()
     up = F.interpolate(m[None, None].float(), size=shape, mode="bilinear", align_corners=False)
     return up[0, 0].cpu().numpy()
+
+
+class ZScoreCombination(torch.nn.Module):
+    """Combined members' inference, as ``Auto.predict`` computes it for one image: each member's map,
+    upsampled to the photo's size, put on the hold-out scale (``calibration`` rows: mean, spread),
+    the maps averaged and the image score their maximum."""
+
+    def __init__(self, members: Sequence[torch.nn.Module], calibration: torch.Tensor) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.register_buffer("calibration", calibration.float())
+
+    def image_outputs(self, x: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, 3, h, w) image at the network input shape and any tensor of the photo's (H, W) ->
+        (score (1,), map (1, H, W))."""
+        maps = []
+        for k, member in enumerate(self.members):
+            up = F.interpolate(member(x)["maps"][:, None], size=like.shape[-2:], mode="bilinear", align_corners=False)
+            maps.append((up[:, 0] - self.calibration[k, 0]) / self.calibration[k, 1])
+        combined = torch.stack(maps).mean(0)
+        return combined.flatten(1).max(1).values, combined
