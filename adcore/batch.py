@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -36,7 +36,9 @@ from adcore.data import (
     extract_zip,
     load_image,
 )
-from adcore.export import LoadedModel
+
+if TYPE_CHECKING:  # torch-free at run time: the ONNX scorer (adcore.onnx_model.OnnxModel) scores through here too
+    from adcore.export import LoadedModel
 
 _MASK_FOLDER = "ground_truth"  # masks of an MVTec layout are not inputs
 _MVTEC_SPLITS = ("train", "test")
