@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import adcore
-from adcore.export import map_display_range
+from adcore.export import map_display_range, preprocessing_description
 from adcore.files import write_atomic
 from adcore.methods.base import Method
 from adcore.methods.patchcore import PretrainedFeatures
@@ -52,7 +52,6 @@ from adcore.onnx_model import (
     SCORE_OUTPUT,
     SIZE_INPUT,
 )
-from adcore.preprocess import input_description
 from adcore.runs import Run, load_run
 from adcore.threshold import Threshold, threshold_for
 
@@ -68,7 +67,7 @@ class ExportGraph(nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, image: torch.Tensor, photo_size: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, image: torch.Tensor, photo_size: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         if hasattr(self.module, "image_outputs"):
             return self.module.image_outputs(image, photo_size)
         out = self.module(image)
@@ -97,16 +96,27 @@ def inference_module(method: Method) -> nn.Module:
             f"{method.name} with tiles cannot be exported to ONNX: each photo is cut into a varying number of "
             "tiles whose maps are stitched in Python; use the .adcore model file (export without --format onnx)"
         )
-    if hasattr(method, "inference_module"):
+    if _own_inference_module(type(method)):
         module = method.inference_module()
     elif type(method).predict in (Method.predict, PretrainedFeatures.predict):
         module = _BatchInference(method)
     else:
         raise ValueError(f"{method.name} scores photos in its own Python code and cannot be exported to ONNX")
     for value in vars(method).values():
-        if isinstance(value, nn.Module):
-            value.eval()
+        if isinstance(value, nn.Module):  # a loaded method only scores: its networks become constants
+            value.eval().requires_grad_(False)
     return module.eval()
+
+
+def _own_inference_module(cls: type) -> bool:
+    """Whether ``cls.inference_module`` is its scoring: defined no higher in the class tree than its
+    ``predict`` and ``_predict_batch`` (a subclass that changes the score, as OGNet adds its
+    discriminator to the autoencoder's, inherits a module that no longer gives its scores)."""
+    def owner(name: str) -> type | None:
+        return next((c for c in cls.__mro__ if name in vars(c)), None)
+
+    defined = owner("inference_module")
+    return defined is not None and all(issubclass(defined, owner(n) or object) for n in ("predict", "_predict_batch"))
 
 
 def example_size(run: Run) -> tuple[int, int]:
@@ -170,7 +180,7 @@ def export_onnx(
                 input_names=inputs, output_names=outputs, dynamic_axes=dynamic, opset_version=OPSET,
             )  # fmt: skip
         model = onnx.load(str(traced))
-    header = _header(run, method, rule.to_dict(), input_shape, threshold, outputs)
+    header = _header(run, method, input_shape, threshold, outputs)
     for key, value in ((KEY_FORMAT, FORMAT_MARKER), (KEY_VERSION, str(FORMAT_VERSION)),
                        (KEY_HEADER, json.dumps(header, sort_keys=True, allow_nan=False))):  # fmt: skip
         entry = model.metadata_props.add()
@@ -186,7 +196,7 @@ def export_onnx(
     return write_atomic(out, model.SerializeToString())
 
 
-def _header(run: Run, method: Method, resize: dict, input_shape: tuple[int, int], threshold: Threshold,
+def _header(run: Run, method: Method, input_shape: tuple[int, int], threshold: Threshold,
             outputs: list[str]) -> dict:  # fmt: skip
     import onnx
 
@@ -196,11 +206,9 @@ def _header(run: Run, method: Method, resize: dict, input_shape: tuple[int, int]
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "method": {"name": run.method_name, "params": method.get_params()},
         "preprocessing": {
-            **input_description(),
-            "decode": "adcore.data.load_image: RGB, EXIF orientation applied, alpha on black, 16-bit to 8-bit",
-            "resize": resize,
+            **preprocessing_description(method),
             "input_shape": list(input_shape),
-            "in_graph": "everything after the scaling: the method's own normalisation and network",
+            "in_graph": "everything after the scaling: the method's own normalisation, network and map upsampling",
         },
         "inputs": {IMAGE_INPUT: "(1, 3, h, w) float32 at input_shape",
                    SIZE_INPUT: "any float32 tensor of the photo's (H, W); only its shape is used"},

@@ -17,7 +17,7 @@ from adcore import onnx_export
 from adcore.cli import main as cli_main
 from adcore.data import load_image
 from adcore.methods import build_method
-from adcore.methods.base import FitContext
+from adcore.methods.base import METHODS, FitContext
 from adcore.onnx_model import load_onnx_model
 from adcore.runs import load_run
 from adcore.threshold import threshold_for
@@ -30,6 +30,18 @@ RUNS = {
     "patchcore": {"image_size": 64},
     # confidence 1.0: every candidate is "within noise", so members are combined (the default's other case)
     "auto": {"image_size": 64, "batch_size": 8, "search_images": 12, "confidence": 1.0},
+}
+_AE = {"image_size": 32, "epochs": 3, "width": 8, "batch_size": 4}
+# Every other registered method, on the same tiny set (the generic export of its _predict_batch).
+OTHER_RUNS = {
+    "pretrained_gaussian": {"image_size": 64},
+    "memae": {**_AE, "memory_size": 20},
+    "ognet": {**_AE, "discriminator_epochs": 2},
+    "student_teacher": {"image_size": 64, "layers": "8+16", "students": 2, "student_width": 8, "epochs": 3,
+                        "batch_size": 4},
+    "cutpaste": {"epochs": 2, "patch_size": 16, "patch_stride": 8, "image_size": 64, "batch_size": 8},
+    "contrastive": {"epochs": 2, "queue_size": 32, "image_size": 64, "batch_size": 8},
+    "patchcore_segmenter": {"image_size": 64, "layers": "8+16", "batch_size": 4, "epochs": 2},
 }
 # What a scoring PC on the line lacks: torch and everything else but numpy, Pillow and onnxruntime.
 BLOCKED = ("torch", "torchvision", "safetensors", "sklearn", "scipy", "tqdm", "streamlit", "pandas", "plotly")
@@ -65,7 +77,8 @@ def exported(data, tmp_path_factory):
     def get(name: str) -> dict:
         if name not in made:
             root = tmp_path_factory.mktemp(name)
-            run_dir = train_run(TrainSpec(method=name, data=str(data), params=RUNS[name], device="cpu"), root / "runs")
+            params = {**RUNS, **OTHER_RUNS}[name]
+            run_dir = train_run(TrainSpec(method=name, data=str(data), params=params, device="cpu"), root / "runs")
             model = root / "model.onnx"
             assert cli_main(["export", "--run", str(run_dir), "--format", "onnx", "--out", str(model)]) == 0
             made[name] = {"name": name, "run": run_dir, "model": model}
@@ -102,6 +115,23 @@ def test_onnx_scores_equal_the_runs_own_without_torch(name, exported, data, tmp_
     assert np.max(np.abs(got - expected) / np.abs(expected)) <= 1e-4
     threshold = threshold_for(run, None).value
     assert [rows[p][1] for p in paths] == ["anomalous" if s >= threshold else "normal" for s in got]
+
+
+def test_every_method_is_checked_here():
+    assert set(RUNS) | set(OTHER_RUNS) == set(METHODS.names())
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "cutpaste" else n for n in OTHER_RUNS]
+)
+def test_every_other_method_exports_with_the_same_scores(name, exported, data):
+    exported = exported(name)
+    run = load_run(exported["run"])
+    real = np.flatnonzero(run.results["role"] != "synthetic")
+    images = [load_image(data / run.results["rel_path"][i]) for i in real]
+    got, expected = load_onnx_model(exported["model"]).predict(images).scores, run.results["score"][real]
+    # relative to the score's scale: z-scored combinations (ognet, the segmenter) have scores near 0
+    assert np.max(np.abs(got - expected)) <= 1e-4 * np.max(np.abs(expected))
 
 
 @pytest.mark.parametrize("name", list(RUNS))
