@@ -38,7 +38,7 @@ from adcore.data import (
 )
 
 if TYPE_CHECKING:  # torch-free at run time: the ONNX scorer (adcore.onnx_model.OnnxModel) scores through here too
-    from adcore.export import LoadedModel
+    from adcore.loaded_model import LoadedModel
 
 _MASK_FOLDER = "ground_truth"  # masks of an MVTec layout are not inputs
 _MVTEC_SPLITS = ("train", "test")

@@ -70,5 +70,8 @@ def to_nchw_float(batch: np.ndarray) -> np.ndarray:
 def input_description() -> dict[str, Any]:
     """The scaling every method applies after resizing, as data (normalisation beyond it is the
     network's own, inside the model)."""
-    return {"input": "HWC uint8 RGB (adcore.data.load_image), any size", "scale": "float32 = uint8 / 255",
-            "layout": "NCHW", "range": [0.0, 1.0]}
+    return {
+        "decode": "adcore.data.load_image: RGB, EXIF orientation applied, alpha composited on black, 16-bit scaled to 8-bit",
+        "input": "HWC uint8 RGB, any size",
+        "scale": "float32 = uint8 / 255, range [0, 1], layout NCHW",
+    }

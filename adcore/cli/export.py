@@ -88,7 +88,8 @@ def run_onnx(args: argparse.Namespace, out: Path, threshold) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adcore.export import ScorerSpec, export_run, load_model
+    from adcore.export import ScorerSpec, export_run
+    from adcore.loaded_model import load_model
     from adcore.runs import load_run
     from adcore.scoring import SCORERS
     from adcore.threshold import Threshold
