@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 import adcore
@@ -122,8 +123,6 @@ def _own_inference_module(cls: type) -> bool:
 def example_size(run: Run) -> tuple[int, int]:
     """(H, W) of the run's first fit photo that can still be opened: what a keep-aspect export is
     shaped for. ValueError if none can be."""
-    from PIL import Image
-
     root = Path((run.config.get("data") or {}).get("root", ""))
     roles, paths = run.results.get("role"), run.results.get("rel_path")
     if paths is not None:

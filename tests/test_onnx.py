@@ -199,3 +199,16 @@ def test_the_cli_refuses_a_scorer_and_a_foreign_file(exported, tmp_path, capsys)
     onnx.save(model, str(foreign))
     with pytest.raises(ValueError, match="not one exported by adcore"):
         load_onnx_model(foreign)
+
+
+def test_exact_distances_of_patches_in_the_memory_are_near_zero():
+    # A training photo's patches are in the memory: the cdist shortcut leaves float32 noise of about
+    # 1e-7 of |q|^2 (a different amount in onnxruntime), the exact distances (PatchCore's) do not.
+    from adcore.methods.patchcore import knn_distance
+
+    bank = torch.randn(4000, 432, generator=torch.Generator().manual_seed(0)) * 3
+    queries = torch.cat([bank[:50], torch.randn(50, 432, generator=torch.Generator().manual_seed(1)) * 3])
+    truth = torch.cdist(queries.double(), bank.double(), compute_mode="donot_use_mm_for_euclid_dist").min(1).values
+    exact, shortcut = knn_distance(queries, bank, 1, exact=True), knn_distance(queries, bank, 1)
+    assert float((exact - truth).abs().max()) < 1e-4 < float((shortcut[:50] - truth[:50]).abs().max())
+    assert torch.allclose(exact[50:], truth[50:].float(), rtol=1e-5)

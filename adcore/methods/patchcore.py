@@ -271,15 +271,26 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
+def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int, exact: bool = False) -> torch.Tensor:
     """(Q, D) queries, (M, D) bank -> (Q,) mean Euclidean distance to the k nearest bank rows,
-    computed in chunks of queries so memory stays bounded whatever the sizes."""
+    computed in chunks of queries so memory stays bounded whatever the sizes.
+
+    ``cdist`` finds the neighbours by |q|^2 + |b|^2 - 2 q.b, which in float32 leaves noise of about
+    1e-7 of |q|^2 in a squared distance: nothing for a new photo, but a patch that is itself in the
+    memory (a training photo's) is then 1e-3 or more of a typical distance away from itself, a different
+    amount in every library. ``exact`` measures the distances to the neighbours found from the
+    differences instead, so an exported graph gives the same score as torch for those photos too."""
     k = min(k, len(bank))
     rows = max(1, DISTANCE_CHUNK // max(1, len(bank)))
     out = []
     for start in range(0, len(queries), rows):
-        d = torch.cdist(queries[start : start + rows], bank)
-        out.append(d.topk(k, dim=1, largest=False).values.mean(1) if k > 1 else d.min(1).values)
+        chunk = queries[start : start + rows]
+        d = torch.cdist(chunk, bank)
+        if exact:
+            nearest = d.topk(k, dim=1, largest=False).indices
+            out.append((chunk[:, None, :] - bank[nearest]).pow(2).sum(-1).sqrt().mean(1))
+        else:
+            out.append(d.topk(k, dim=1, largest=False).values.mean(1) if k > 1 else d.min(1).values)
     return torch.cat(out) if out else queries.new_zeros(0)
 
 
@@ -317,7 +328,7 @@ class PatchCoreModel(nn.Module):
     def distances(self, emb: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) patch embeddings -> (B, 1, h, w) distances to the nearest remembered patches."""
         b, d, h, w = emb.shape
-        scores = knn_distance(emb.permute(0, 2, 3, 1).reshape(-1, d), self.bank, self.neighbours)
+        scores = knn_distance(emb.permute(0, 2, 3, 1).reshape(-1, d), self.bank, self.neighbours, exact=True)
         return scores.view(b, 1, h, w)
 
     def outputs(self, x: torch.Tensor, emb: torch.Tensor, patch_scores: torch.Tensor) -> dict:
