@@ -21,14 +21,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
 from adcore.data import IMAGE_EXTENSIONS, ImageError, SkippedFile, extract_zip, load_image
 from adcore.data.layout import MASK_FOLDER, MVTEC_SPLITS, find_mvtec_root, relative_posix, walk_files
-from adcore.export import LoadedModel
+
+if TYPE_CHECKING:  # torch-free at run time: the ONNX scorer (adcore.onnx_model.OnnxModel) scores through here too
+    from adcore.loaded_model import LoadedModel
 
 _WORKERS = min(4, os.cpu_count() or 1)
 _ZIP_MAX_FILES = 10_000_000

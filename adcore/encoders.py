@@ -156,10 +156,33 @@ def normalize_exposure(x: torch.Tensor) -> torch.Tensor:
     interquartile range that of a spread of 0.225, over all pixels and channels: the same part
     photographed brighter or darker looks the same. Median and quartiles rather than mean and
     standard deviation, so a large dark or bright defect does not change how the rest looks."""
-    levels = torch.tensor([0.25, 0.5, 0.75], device=x.device, dtype=x.dtype)
-    q = torch.stack([torch.quantile(image.flatten(), levels) for image in x]).view(-1, 3, 1, 1, 1)
+    if torch.onnx.is_in_onnx_export():
+        q = torch.stack([_sorted_quartiles(image.flatten()) for image in x]).view(-1, 3, 1, 1, 1)
+    else:
+        levels = torch.tensor(_QUARTILES, device=x.device, dtype=x.dtype)
+        q = torch.stack([torch.quantile(image.flatten(), levels) for image in x]).view(-1, 3, 1, 1, 1)
     spread = (q[:, 2] - q[:, 0]) / 1.349  # the interquartile range of a normal distribution is 1.349 sigma
     return (x - q[:, 1]) / (spread + 1e-3) * 0.225 + 0.45
+
+
+_QUARTILES = (0.25, 0.5, 0.75)
+
+
+def _sorted_quartiles(values: torch.Tensor) -> torch.Tensor:
+    """``torch.quantile(values, _QUARTILES)`` (linear interpolation) by sorting, which ONNX has and
+    quantile has not: the same ranks and weights (float32, as quantile computes them) and the same
+    lerp, so an exported model normalises exposure as its run did."""
+    n = values.numel()
+    ordered = values.sort().values
+    out = []
+    for level in _QUARTILES:
+        rank = float(np.float32(level) * np.float32(n - 1))
+        low = math.floor(rank)
+        high, weight = min(low + 1, n - 1), rank - low
+        a, b = ordered[low], ordered[high]
+        # torch.lerp's two branches, for its rounding
+        out.append(a + weight * (b - a) if weight < 0.5 else b - (b - a) * (1 - weight))
+    return torch.stack(out)
 
 
 def prepare(x: torch.Tensor, normalize: str) -> torch.Tensor:

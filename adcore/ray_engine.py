@@ -36,7 +36,7 @@ from adcore.batch import (
     resumable_csv,
 )
 from adcore.device import pick_device
-from adcore.export import LoadedModel, load_model, model_from_run
+from adcore.loaded_model import LoadedModel, load_model, model_from_run
 
 RAY_REQUIREMENTS = "requirements-ray.txt"
 # A local instance on a small machine: a small object store (it lives in /dev/shm) and no dashboard.

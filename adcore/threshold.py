@@ -25,6 +25,7 @@ import numpy as np
 from scipy.stats import beta
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from adcore.decision import is_anomalous  # noqa: F401 - the decision rule, re-exported here
 from adcore.registry import validate_params
 from adcore.scoring import SCORERS
 
@@ -473,11 +474,6 @@ def default_threshold(
 # scale: a run's saved threshold (config "threshold") belongs to the scores it was chosen on (config
 # "scorer": an embedding scorer {"name", "params"}, or absent/None for the method's own score). Scored
 # any other way, the run falls back to the default rule on the new scores, and says so.
-
-
-def is_anomalous(scores: Any, threshold: float) -> np.ndarray:
-    """Decisions for raw scores: True where score >= threshold (this module's convention)."""
-    return np.asarray(scores, dtype=np.float64) >= float(threshold)
 
 
 def score_source(scorer: dict[str, Any] | None) -> str:

@@ -14,7 +14,8 @@ import torch
 
 from adcore import catalog, viz
 from adcore.data import ImageError, load_image, load_mask
-from adcore.export import LoadedModel, load_model_bytes, map_display_range
+from adcore.export import map_display_range
+from adcore.loaded_model import LoadedModel, load_model_bytes
 from adcore.methods import Method, get_method_class
 from adcore.photo_cache import predict_at_side
 from adcore.runs import Run

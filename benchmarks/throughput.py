@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from adcore.batch import list_images, score_to_csv  # noqa: E402
 from adcore.data import load_image  # noqa: E402
 from adcore.device import pick_device  # noqa: E402
-from adcore.export import LoadedModel, model_from_run  # noqa: E402
+from adcore.loaded_model import LoadedModel, model_from_run  # noqa: E402
 from adcore.methods import FitContext, build_method, list_methods  # noqa: E402
 from adcore.threshold import Threshold  # noqa: E402
 

@@ -17,11 +17,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from adcore import export, files
+from adcore import export, files, model_file
 from adcore.batch import decoded_batches, heatmap_rgb, list_images
 from adcore.cli import main as cli_main
 from adcore.data import load_image
-from adcore.export import ScorerSpec, export_run, load_model, read_model_bytes
+from adcore.export import ScorerSpec, export_run
+from adcore.loaded_model import load_model
+from adcore.model_file import read_model_bytes
 from adcore.runs import load_run, update_config
 from adcore.scoring import rescore_run
 from adcore.threshold import Threshold, default_threshold, is_anomalous, threshold_for
@@ -87,9 +89,10 @@ def test_exported_model_scores_identically_in_a_fresh_process(trained, tmp_path)
 def test_model_file_holds_config_preprocessing_threshold_and_versions(trained):
     model = load_model(trained["model"], device="cpu")
     cfg = model.config
-    assert cfg["format"] == "adcore-model" and cfg["format_version"] == export.FORMAT_VERSION
+    assert cfg["format"] == "adcore-model" and cfg["format_version"] == model_file.FORMAT_VERSION
     assert cfg["method"]["name"] == "autoencoder" and cfg["method"]["params"]["image_size"] == 32
-    assert cfg["preprocessing"]["resize"]["width"] == 32
+    assert cfg["preprocessing"]["resize"] == {**load_run(trained["run"]).load_method().resize_rule().to_dict()}
+    assert cfg["preprocessing"]["resize"]["size"] == 32 and not cfg["preprocessing"]["resize"]["keep_aspect"]
     assert {"adcore", "torch", "safetensors", "python", "format"} <= set(cfg["versions"])
     assert cfg["scorer"] is None and model.scorer is None and cfg["frozen_backbone"] is None
     # No chosen threshold in the run: the project's default (target false-alarm rate on the hold-out).
@@ -181,7 +184,7 @@ def test_exported_embedding_scorer_scores_like_rescoring_the_run(trained, tmp_pa
 
 def test_a_different_pretrained_network_is_refused(trained, tmp_path, monkeypatch):
     path = tmp_path / "m.adcore"
-    monkeypatch.setattr(export, "_backbone_fingerprint", lambda method: {"name": "resnet18", "sha256": "ab" * 32})
+    monkeypatch.setattr(export, "backbone_fingerprint", lambda method: {"name": "resnet18", "sha256": "ab" * 32})
     export_run(trained["run"], path)
     monkeypatch.undo()
     with pytest.raises(ValueError, match="made with the pretrained network resnet18 .* different weights"):
@@ -193,12 +196,12 @@ def test_backbone_fingerprint_covers_every_weight_and_buffer():
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))  # has a 0-d buffer
     net.name = "tiny"
-    first = export._backbone_fingerprint(SimpleNamespace(backbone_=net))
-    assert first["name"] == "tiny" and first == export._backbone_fingerprint(SimpleNamespace(backbone_=net))
+    first = export.backbone_fingerprint(SimpleNamespace(backbone_=net))
+    assert first["name"] == "tiny" and first == export.backbone_fingerprint(SimpleNamespace(backbone_=net))
     with torch.no_grad():
         net[1].running_mean[0] += 1e-3
-    assert export._backbone_fingerprint(SimpleNamespace(backbone_=net)) != first
-    assert export._backbone_fingerprint(SimpleNamespace()) is None
+    assert export.backbone_fingerprint(SimpleNamespace(backbone_=net)) != first
+    assert export.backbone_fingerprint(SimpleNamespace()) is None
 
 
 # -- refusing anything that is not an intact model file ----------------------------------------
@@ -285,9 +288,9 @@ def test_foreign_files_are_refused(tmp_path):
 
 def test_a_newer_format_is_refused_with_an_upgrade_hint(trained, tmp_path, monkeypatch):
     path = tmp_path / "future.adcore"
-    monkeypatch.setattr(export, "FORMAT_VERSION", 2)
+    monkeypatch.setattr(model_file, "FORMAT_VERSION", 2)
     export_run(trained["run"], path)
-    monkeypatch.setattr(export, "FORMAT_VERSION", 1)
+    monkeypatch.setattr(model_file, "FORMAT_VERSION", 1)
     with pytest.raises(ValueError, match="model format 2, newer than this adcore reads \\(1\\); upgrade"):
         load_model(path)
 

@@ -25,7 +25,8 @@ from streamlit.testing.v1 import AppTest
 
 from adcore.cli import main as cli_main
 from adcore.data import open_image_set, save_uploads
-from adcore.export import export_run, load_model_bytes
+from adcore.export import export_run
+from adcore.loaded_model import load_model_bytes
 from adcore.jobs import FAILED, FINISHED, JobManager
 from adcore.methods import get_method_class
 from adcore.runs import FORMAT_VERSION, list_runs, load_run, update_config, write_run

@@ -9,7 +9,9 @@ scores the same batches on Ray Data workers (``adcore.ray_engine``) into the sam
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 
@@ -63,30 +65,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _progress_bar(total: int):
+    """A tqdm bar where tqdm is installed; a scoring PC with only numpy, Pillow and onnxruntime gets none."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return contextlib.nullcontext(SimpleNamespace(update=lambda n: None))
+    return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
 
+
+def run(args: argparse.Namespace) -> int:
     from adcore.batch import ScoreSummary, open_images, partial_path, score_to_csv
-    from adcore.ray_engine import ModelSource, RayNotInstalled, import_ray, score_on_ray
+    from adcore.onnx_model import is_onnx_file, load_onnx_model
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.engine != "ray" and (args.ray_address or args.workers is not None):
         raise ValueError("--ray-address and --workers go with --engine ray")
+    onnx = bool(args.model) and is_onnx_file(args.model)
+    if onnx and args.engine == "ray":
+        raise ValueError("an ONNX model is scored by the local engine (onnxruntime); --engine ray takes runs and .adcore files")
     if args.engine == "ray":
+        from adcore.ray_engine import RayNotInstalled, import_ray
+
         try:
             import_ray()
         except RayNotInstalled as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    source = ModelSource("model", args.model, args.device) if args.model else ModelSource("run", args.run, args.device)
-    model = source.load()
+    if onnx:  # torch is never imported on this path
+        source, model = None, load_onnx_model(args.model)
+    else:
+        from adcore.ray_engine import ModelSource
+
+        source = ModelSource("model", args.model, args.device) if args.model else ModelSource("run", args.run, args.device)
+        model = source.load()
     threshold = model.threshold
 
     summary = ScoreSummary()
     try:
         with open_images(args.images) as listing:
-            with tqdm(total=listing.count, unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
+            with _progress_bar(listing.count) as bar:
                 options = dict(
                     batch_size=args.batch_size,
                     maps_dir=args.maps,
@@ -95,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
                     summary=summary,
                 )
                 if args.engine == "ray":
+                    from adcore.ray_engine import score_on_ray
+
                     score_on_ray(model, source, listing, args.out, address=args.ray_address, workers=args.workers,
                                  **options)  # fmt: skip
                 else:
@@ -113,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.maps:
         if summary.has_maps is False:
-            print(f"  no heat maps: method {model.method.name} does not produce anomaly maps")
+            print(f"  no heat maps: method {model.config['method']['name']} does not produce anomaly maps")
         else:
             print(f"  {summary.maps_written} heat map(s) -> {Path(args.maps)}")
     if summary.skipped:

@@ -53,7 +53,9 @@ import torch
 import torch.nn.functional as F
 
 from adcore.backbones import BACKBONES
-from adcore.methods.base import FitContext, Method, Prediction, gaussian_blur, register_method, upsample_maps
+from adcore.methods.base import (
+    FitContext, Method, Prediction, ResizeRule, gaussian_blur, register_method, upsample_maps,
+)
 from adcore.methods.patchcore import DISTANCE_CHUNK, PatchCore, greedy_coreset, knn_distance, patch_embedding
 from adcore.photo_cache import TiledImages, concat, take
 from adcore.registry import Param
@@ -725,9 +727,13 @@ class Auto(Method):
                     for i in range(len(images))]
 
         maps = combined(self.map_members_)
-        score_maps = maps if self.image_members_ == self.map_members_ else combined(self.image_members_)
+        if len(self.image_members_) == 1:  # one member: its own scores (the maximum of its map)
+            scores = np.asarray(parts[self.image_members_[0]].scores, dtype=float)
+        else:
+            score_maps = maps if self.image_members_ == self.map_members_ else combined(self.image_members_)
+            scores = np.array([float(m.max()) for m in score_maps])
         return Prediction(
-            scores=np.array([float(m.max()) for m in score_maps]),
+            scores=scores,
             embeddings=np.concatenate([p.embeddings for p in parts], 1) if parts[0].embeddings is not None else None,
             anomaly_maps=maps,
         )
@@ -774,6 +780,17 @@ class Auto(Method):
 
     def run_details(self) -> dict[str, Any]:
         return {"selection": self.selection_}
+
+    def inference_module(self) -> torch.nn.Module:
+        """The chosen PatchCore's inference module, or for combined members their ``ZScoreCombination``."""
+        self._check_fitted()
+        modules = [m.inference_module() for m in self.members_]
+        if len(modules) == 1:
+            return modules[0]
+        return ZScoreCombination(modules, self.calibration_, self.image_members_, self.map_members_)
+
+    def resize_rule(self) -> ResizeRule:
+        return self.members_[0].resize_rule()
 
 
 def describe_selection(selection: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
@@ -917,3 +934,35 @@ def _resize_map(m: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
         return m.float().cpu().numpy()
     up = F.interpolate(m[None, None].float(), size=shape, mode="bilinear", align_corners=False)
     return up[0, 0].cpu().numpy()
+
+
+class ZScoreCombination(torch.nn.Module):
+    """Several members' inference, as ``Auto.predict`` computes it for one image: the heat map from the
+    ``map_members``, the score from the ``image_members``. Where a part has several members, each one's
+    map, upsampled to the photo's size, is put on the hold-out scale (``calibration`` rows: mean,
+    spread) and the maps averaged (the score: their maximum); a part with one member uses its own
+    map and score."""
+
+    def __init__(self, members: Sequence[torch.nn.Module], calibration: torch.Tensor,
+                 image_members: Sequence[int], map_members: Sequence[int]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.register_buffer("calibration", calibration.float())
+        self.image_members, self.map_members = list(image_members), list(map_members)
+
+    def _combined(self, outs: list[dict], which: list[int], like: torch.Tensor) -> torch.Tensor:
+        maps = []
+        for k in which:
+            up = F.interpolate(outs[k]["maps"][:, None], size=like.shape[-2:], mode="bilinear", align_corners=False)
+            maps.append(up[:, 0] if len(which) == 1 else (up[:, 0] - self.calibration[k, 0]) / self.calibration[k, 1])
+        return torch.stack(maps).mean(0)
+
+    def image_outputs(self, x: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, 3, h, w) image at the network input shape and any tensor of the photo's (H, W) ->
+        (score (1,), map (1, H, W))."""
+        outs = [member(x) for member in self.members]
+        maps = self._combined(outs, self.map_members, like)
+        if len(self.image_members) == 1:
+            return outs[self.image_members[0]]["scores"], maps
+        score_maps = maps if self.image_members == self.map_members else self._combined(outs, self.image_members, like)
+        return score_maps.flatten(1).max(1).values, maps

@@ -53,11 +53,31 @@ class ConvAutoencoder(nn.Module):
         return self.decoder(z), z
 
 
-def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tensor:
-    """Per-pixel SSIM (B, H, W) of images in [0, 1], averaged over channels; box window."""
+def box_mean(t: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, C, H, W) -> the mean over each ``window`` x ``window`` box, reflect-padded (same size), summed
+    from shifted slices: ``F.avg_pool2d``'s result in any dtype, also float64 in ONNX (whose pooling is
+    float32 only)."""
+    pad = window // 2
+    t = F.pad(t, (pad,) * 4, mode="reflect")
+    h, w = t.shape[-2] - 2 * pad, t.shape[-1] - 2 * pad
+    rows = sum(t[..., i : i + h, :] for i in range(window))
+    return sum(rows[..., j : j + w] for j in range(window)) / (window * window)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 7, exact: bool = False) -> torch.Tensor:
+    """Per-pixel SSIM (B, H, W) of images in [0, 1], averaged over channels; box window.
+
+    ``exact``: computed in float64 (returned as float32). The variances E[x^2] - E[x]^2 cancel most of
+    float32's digits: measured, float32 puts an autoencoder's image score 1.7e-4 (relative) off the
+    float64 value, more than two float32 implementations (torch, onnxruntime) may differ by."""
+    if exact:
+        return ssim_map(x.double(), y.double(), window, exact=False).float()
     c1, c2 = 0.01**2, 0.03**2
     pad = window // 2
-    pool = lambda t: F.avg_pool2d(F.pad(t, (pad,) * 4, mode="reflect"), window, 1)  # noqa: E731
+    if x.dtype == torch.float64:
+        pool = lambda t: box_mean(t, window)  # noqa: E731
+    else:
+        pool = lambda t: F.avg_pool2d(F.pad(t, (pad,) * 4, mode="reflect"), window, 1)  # noqa: E731
     mx, my = pool(x), pool(y)
     vx, vy, cxy = pool(x * x) - mx**2, pool(y * y) - my**2, pool(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
@@ -67,7 +87,7 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tensor:
 def top_k_mean(maps: torch.Tensor, fraction: float) -> torch.Tensor:
     """Mean of the top ``fraction`` of each map's pixels: robust to a single hot pixel, sees small defects."""
     flat = maps.flatten(1)
-    k = max(1, int(round(flat.shape[1] * fraction)))
+    k = max(1, int(round(int(flat.shape[1]) * fraction)))  # int(): a constant when traced for export
     return flat.topk(k, dim=1).values.mean(1)
 
 
@@ -95,6 +115,44 @@ def map_score_params(top_fraction: float = 0.01) -> list[Param]:
         Param("top_fraction", float, top_fraction, "For top_mean: the fraction of map pixels averaged.",
               1e-4, 1.0, log=True),
     ]
+
+
+def difference_map(x: torch.Tensor, recon: torch.Tensor, loss: str, sigma: float) -> torch.Tensor:
+    """(B, H, W) raw difference of images and their reconstructions: mean absolute difference over
+    channels, plus the SSIM dissimilarity for ``loss="mse+ssim"`` (``exact``, so that an ONNX export
+    gives the same maps), smoothed by ``sigma`` pixels."""
+    diff = (x - recon).abs().mean(1)
+    if loss == "mse+ssim":
+        diff = diff + (1 - ssim_map(x, recon, exact=True)) / 2
+    return gaussian_blur(diff, sigma)
+
+
+class AutoencoderModel(nn.Module):
+    """A fitted autoencoder's inference: the network (submodule; ``net(x)`` gives the reconstruction
+    and the latent) and the per-pixel mean and spread of the normal images' difference (buffers).
+    ``forward`` maps (B, 3, S, S) float images in [0, 1] to ``scores`` (B,), z-scored difference
+    ``maps`` (B, S, S), pooled latent ``embeddings`` and the ``reconstructions``."""
+
+    def __init__(
+        self, net: nn.Module, err_mean: torch.Tensor, err_std: torch.Tensor, *, loss: str, map_sigma: float,
+        score_statistic: str, top_fraction: float,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("err_mean", err_mean)
+        self.register_buffer("err_std", err_std)
+        self.loss, self.map_sigma = loss, map_sigma
+        self.score_statistic, self.top_fraction = score_statistic, top_fraction
+
+    def forward(self, x: torch.Tensor) -> dict:
+        recon, z = self.net(x)
+        maps = (difference_map(x, recon, self.loss, self.map_sigma) - self.err_mean) / self.err_std
+        return {
+            "scores": map_statistic(maps, self.score_statistic, self.top_fraction),
+            "embeddings": F.adaptive_avg_pool2d(z, 1).flatten(1),
+            "maps": maps,
+            "reconstructions": recon,
+        }
 
 
 @register_method
@@ -134,10 +192,7 @@ class Autoencoder(Method):
         return ConvAutoencoder(self.config_["width"], self.config_["latent_channels"])
 
     def _raw_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-        diff = (x - recon).abs().mean(1)
-        if self.config_["loss"] == "mse+ssim":
-            diff = diff + (1 - ssim_map(x, recon)) / 2
-        return gaussian_blur(diff, self.config_["map_sigma"])
+        return difference_map(x, recon, self.config_["loss"], self.config_["map_sigma"])
 
     def _fit(self, images: np.ndarray, ctx: FitContext) -> None:
         cfg = self.config_
@@ -191,16 +246,18 @@ class Autoencoder(Method):
         # Floor the spread so pixels that happened to be easy do not explode.
         self.err_std_ = torch.clamp(std, min=float(std.median()) * 0.5 + 1e-6)
 
-    def _predict_batch(self, x: torch.Tensor) -> dict:
+    def inference_module(self) -> AutoencoderModel:
+        """The fitted state and inference as one module (sharing this method's tensors, no copies)."""
+        self._check_fitted()
+        cfg = self.config_
         self.net_.eval()
-        recon, z = self.net_(x)
-        maps = (self._raw_map(x, recon) - self.err_mean_) / self.err_std_
-        return {
-            "scores": map_statistic(maps, self.config_["score_statistic"], self.config_["top_fraction"]),
-            "embeddings": F.adaptive_avg_pool2d(z, 1).flatten(1),
-            "maps": maps,
-            "reconstructions": recon,
-        }
+        return AutoencoderModel(
+            self.net_, self.err_mean_, self.err_std_, loss=cfg["loss"], map_sigma=cfg["map_sigma"],
+            score_statistic=cfg["score_statistic"], top_fraction=cfg["top_fraction"],
+        )
+
+    def _predict_batch(self, x: torch.Tensor) -> dict:
+        return self.inference_module()(x)
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         state = {f"net.{k}": v for k, v in self.net_.state_dict().items()}

@@ -8,7 +8,6 @@ where it has them. It never decides what is anomalous: thresholds live in ``adco
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from PIL import Image
 
 from adcore.device import pick_device, seed_everything
 from adcore.photo_cache import image_shape
+from adcore.preprocess import ResizeRule, aspect_shape, resize_to  # noqa: F401 - re-exported
 from adcore.registry import Param, Registry, validate_params
 
 
@@ -112,27 +112,6 @@ class Prediction:
 def resize_images(images: Sequence[np.ndarray], size: int) -> np.ndarray:
     """HWC uint8 RGB images of any sizes -> (N, size, size, 3) uint8, squashed (no crop, so edges stay)."""
     return resize_to(images, size, size)
-
-
-def resize_to(images: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
-    """HWC uint8 RGB images of any sizes -> (N, height, width, 3) uint8, bilinear, no crop."""
-    out = np.empty((len(images), height, width, 3), dtype=np.uint8)
-    for i, image in enumerate(images):
-        if image.shape[0] == height and image.shape[1] == width:
-            out[i] = image
-        else:
-            out[i] = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-    return out
-
-
-def aspect_shape(height: int, width: int, size: int, multiple: int = 32) -> tuple[int, int]:
-    """The (H, W) with about ``size`` x ``size`` pixels and the photo's width:height ratio, each side a
-    multiple of ``multiple`` (so every stride of a backbone divides it) and at least one ``multiple``."""
-    scale = size / math.sqrt(height * width)
-    return (
-        max(multiple, round(height * scale / multiple) * multiple),
-        max(multiple, round(width * scale / multiple) * multiple),
-    )
 
 
 def to_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -267,11 +246,14 @@ class Method:
         """Optimisation steps in ``epochs`` passes over ``n_images`` (at least one per epoch)."""
         return self.config_["epochs"] * max(1, steps_per_epoch(n_images, self.config_["batch_size"]))
 
+    def resize_rule(self) -> ResizeRule:
+        """How a photo is resized for the network: by default the configured square, whatever its
+        shape. An exported model carries this rule as data (``ResizeRule.to_dict``)."""
+        return ResizeRule(self.config_["image_size"])
+
     def _input_shape(self, height: int, width: int) -> tuple[int, int]:
-        """The (H, W) a photo of ``height`` x ``width`` pixels is resized to for the network: by
-        default the configured square, whatever its shape."""
-        size = self.config_["image_size"]
-        return size, size
+        """The (H, W) a photo of ``height`` x ``width`` pixels is resized to for the network."""
+        return self.resize_rule().shape(height, width)
 
     def _fit_images(self, images: Sequence[np.ndarray]) -> Any:
         """What ``_fit`` receives: by default (N, S, S, 3) uint8 at the configured size."""

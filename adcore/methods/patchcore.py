@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from adcore.backbones import BACKBONES, load_backbone
 from adcore.encoders import normalize_exposure
@@ -20,7 +21,7 @@ from adcore.methods.base import (
     FitContext,
     Method,
     Prediction,
-    aspect_shape,
+    ResizeRule,
     gaussian_blur,
     register_method,
 )
@@ -86,10 +87,8 @@ class PretrainedFeatures(Method):
         self.backbone_ = load_backbone(self.config_["backbone"]).to(self.device_)
         self.strides_ = parse_layers(self.config_["layers"])
 
-    def _input_shape(self, height: int, width: int) -> tuple[int, int]:
-        if self.config_["keep_aspect"]:
-            return aspect_shape(height, width, self.config_["image_size"])
-        return super()._input_shape(height, width)
+    def resize_rule(self) -> ResizeRule:
+        return ResizeRule(self.config_["image_size"], keep_aspect=self.config_["keep_aspect"])
 
     def _fit_images(self, images: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
         # Photos (or their tiles, cut when read) as they are; _each_batch resizes them batch by batch.
@@ -100,14 +99,7 @@ class PretrainedFeatures(Method):
 
     def _features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         """(B, 3, S, S) in [0, 1] -> {stride: (B, C, S/stride, S/stride)} from the frozen backbone."""
-        if self.config_["normalize"] == "image":
-            x = normalize_exposure(x)
-        if self.config_["edge_padding"] != "reflect":
-            return self.backbone_(x, self.strides_)
-        pad = min(EDGE_PAD, x.shape[-2] - 1, x.shape[-1] - 1)
-        pad -= pad % max(self.strides_)
-        features = self.backbone_(F.pad(x, (pad, pad, pad, pad), mode="reflect"), self.strides_)
-        return {s: f[..., pad // s : f.shape[-2] - pad // s, pad // s : f.shape[-1] - pad // s] for s, f in features.items()}
+        return backbone_features(self.backbone_, x, self.strides_, self.config_["normalize"], self.config_["edge_padding"])
 
     def predict(self, images: Sequence[np.ndarray], batch_size: int = 32) -> Prediction:
         """As ``Method.predict``; with ``tile_size`` each photo is scored tile by tile, its map stitched
@@ -158,6 +150,22 @@ class PretrainedFeatures(Method):
     def _backbone_marker(self) -> dict[str, torch.Tensor]:
         # Which backbone was really used (load_backbone may fall back), so loading can check it.
         return {f"backbone.{self.backbone_.name}": torch.ones(1)}
+
+
+def backbone_features(
+    backbone: nn.Module, x: torch.Tensor, strides: Sequence[int], normalize: str, edge_padding: str
+) -> dict[int, torch.Tensor]:
+    """(B, 3, H, W) in [0, 1] -> {stride: (B, C, H/stride, W/stride)} from the frozen ``backbone``:
+    exposure evened out first with ``normalize="image"``, and with ``edge_padding="reflect"`` the
+    photo mirrored around its edges and the features of the mirrored border cut off again."""
+    if normalize == "image":
+        x = normalize_exposure(x)
+    if edge_padding != "reflect":
+        return backbone(x, strides)
+    pad = min(EDGE_PAD, x.shape[-2] - 1, x.shape[-1] - 1)
+    pad -= pad % max(strides)
+    features = backbone(F.pad(x, (pad, pad, pad, pad), mode="reflect"), strides)
+    return {s: f[..., pad // s : f.shape[-2] - pad // s, pad // s : f.shape[-1] - pad // s] for s, f in features.items()}
 
 
 # -- PatchCore -------------------------------------------------------------------------------------
@@ -268,16 +276,76 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
+def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int, exact: bool = False) -> torch.Tensor:
     """(Q, D) queries, (M, D) bank -> (Q,) mean Euclidean distance to the k nearest bank rows,
-    computed in chunks of queries so memory stays bounded whatever the sizes."""
+    computed in chunks of queries so memory stays bounded whatever the sizes.
+
+    ``cdist`` finds the neighbours by |q|^2 + |b|^2 - 2 q.b, which in float32 leaves noise of about
+    1e-7 of |q|^2 in a squared distance: nothing for a new photo, but a patch that is itself in the
+    memory (a training photo's) is then 1e-3 or more of a typical distance away from itself, a different
+    amount in every library. ``exact`` measures the distances to the neighbours found from the
+    differences instead, so an exported graph gives the same score as torch for those photos too."""
     k = min(k, len(bank))
     rows = max(1, DISTANCE_CHUNK // max(1, len(bank)))
     out = []
     for start in range(0, len(queries), rows):
-        d = torch.cdist(queries[start : start + rows], bank)
-        out.append(d.topk(k, dim=1, largest=False).values.mean(1) if k > 1 else d.min(1).values)
+        chunk = queries[start : start + rows]
+        d = torch.cdist(chunk, bank)
+        if exact:
+            nearest = d.topk(k, dim=1, largest=False).indices
+            out.append((chunk[:, None, :] - bank[nearest]).pow(2).sum(-1).sqrt().mean(1))
+        else:
+            out.append(d.topk(k, dim=1, largest=False).values.mean(1) if k > 1 else d.min(1).values)
     return torch.cat(out) if out else queries.new_zeros(0)
+
+
+class PatchCoreModel(nn.Module):
+    """A fitted PatchCore's inference: the frozen backbone (submodule), the memory of normal patches
+    and the optional random projection (buffers). ``forward`` maps (B, 3, H, W) float images in [0, 1],
+    at the network input shape, to ``scores`` (B,), smoothed ``maps`` (B, H, W) and mean patch
+    ``embeddings`` (B, D)."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        bank: torch.Tensor,
+        projection: torch.Tensor | None,
+        *,
+        strides: Sequence[int],
+        normalize: str,
+        edge_padding: str,
+        neighbourhood: int,
+        neighbours: int,
+        map_sigma: float,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("bank", bank)
+        self.register_buffer("projection", projection)
+        self.strides, self.normalize, self.edge_padding = list(strides), normalize, edge_padding
+        self.neighbourhood, self.neighbours, self.map_sigma = neighbourhood, neighbours, map_sigma
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D, h, w) locally aware patch embeddings."""
+        features = backbone_features(self.backbone, x, self.strides, self.normalize, self.edge_padding)
+        return patch_embedding(features, self.projection, self.neighbourhood)
+
+    def distances(self, emb: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) patch embeddings -> (B, 1, h, w) distances to the nearest remembered patches."""
+        b, d, h, w = emb.shape
+        scores = knn_distance(emb.permute(0, 2, 3, 1).reshape(-1, d), self.bank, self.neighbours, exact=True)
+        return scores.view(b, 1, h, w)
+
+    def outputs(self, x: torch.Tensor, emb: torch.Tensor, patch_scores: torch.Tensor) -> dict:
+        """(B, 1, h, w) patch scores -> the smoothed maps at the input size, their maxima as image
+        scores, and the mean patch embedding of each image."""
+        maps = F.interpolate(patch_scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        maps = gaussian_blur(maps[:, 0], self.map_sigma)
+        return {"scores": maps.flatten(1).max(1).values, "embeddings": emb.mean((2, 3)), "maps": maps}
+
+    def forward(self, x: torch.Tensor) -> dict:
+        emb = self.embed(x)
+        return self.outputs(x, emb, self.distances(emb))
 
 
 @register_method
@@ -319,8 +387,18 @@ class PatchCore(PretrainedFeatures):
             self.projection_ = (torch.randn(channels, dim, generator=gen) / math.sqrt(dim)).to(self.device_)
         self.bank_ = torch.zeros(0, dim if self.projection_ is not None else channels, device=self.device_)
 
+    def inference_module(self) -> PatchCoreModel:
+        """The fitted state and inference as one module (sharing this method's tensors, no copies)."""
+        self._check_fitted()
+        cfg = self.config_
+        return PatchCoreModel(
+            self.backbone_, self.bank_, self.projection_, strides=self.strides_, normalize=cfg["normalize"],
+            edge_padding=cfg["edge_padding"], neighbourhood=cfg["neighbourhood"], neighbours=cfg["neighbours"],
+            map_sigma=cfg["map_sigma"],
+        )
+
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        return patch_embedding(self._features(x), self.projection_, self.config_["neighbourhood"])
+        return self.inference_module().embed(x)
 
     def _fit(self, images: Sequence[np.ndarray], ctx: FitContext) -> None:
         patches, seen, share = [], 0, 1.0
@@ -372,21 +450,13 @@ class PatchCore(PretrainedFeatures):
         ctx.report(step=n_keep, total_steps=n_keep, images=n_images, phase="selecting coreset")
 
     def _distances(self, emb: torch.Tensor) -> torch.Tensor:
-        """(B, D, h, w) patch embeddings -> (B, 1, h, w) distances to the nearest remembered patches."""
-        b, d, h, w = emb.shape
-        scores = knn_distance(emb.permute(0, 2, 3, 1).reshape(-1, d), self.bank_, self.config_["neighbours"])
-        return scores.view(b, 1, h, w)
+        return self.inference_module().distances(emb)
 
     def _outputs(self, x: torch.Tensor, emb: torch.Tensor, patch_scores: torch.Tensor) -> dict:
-        """(B, 1, h, w) patch scores -> the smoothed maps at the input size, their maxima as image
-        scores, and the mean patch embedding of each image."""
-        maps = F.interpolate(patch_scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        maps = gaussian_blur(maps[:, 0], self.config_["map_sigma"])
-        return {"scores": maps.flatten(1).max(1).values, "embeddings": emb.mean((2, 3)), "maps": maps}
+        return self.inference_module().outputs(x, emb, patch_scores)
 
     def _predict_batch(self, x: torch.Tensor) -> dict:
-        emb = self._embed(x)
-        return self._outputs(x, emb, self._distances(emb))
+        return self.inference_module()(x)
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         state = {"bank": self.bank_, **self._backbone_marker()}
