@@ -295,3 +295,17 @@ def test_memory_choose_leaves_10_percent_only_on_clear_evidence(normal_images):
             assert default["matches the best in"] is not None and default["matches the best in"] <= 0.1
         else:
             assert default["matches the best in"] is None or default["matches the best in"] > 0.1
+
+
+def test_large_validation_photos_are_judged_at_a_bounded_size_and_thin_defects_survive():
+    from adcore.methods.auto import JUDGED_SIDE, _shrink_mask, judged_shape
+
+    assert judged_shape(300, 200) == (300, 200)  # small photos: as they are
+    h, w = judged_shape(2048, 2448)
+    assert max(h, w) == JUDGED_SIDE and abs(h / w - 2048 / 2448) < 0.01
+    line = np.zeros((2048, 2448), bool)
+    line[1000, 100:2000] = True  # one pixel wide
+    small = _shrink_mask(line, (h, w))
+    assert small.shape == (h, w) and small.any()
+    rows = np.flatnonzero(small.any(1))
+    assert len(rows) <= 2 and abs(rows[0] - 1000 * h / 2048) <= 1

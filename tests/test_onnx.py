@@ -213,3 +213,24 @@ def test_exact_distances_of_patches_in_the_memory_are_near_zero():
     exact, shortcut = knn_distance(queries, bank, 1, exact=True), knn_distance(queries, bank, 1)
     assert float((exact - truth).abs().max()) < 1e-4 < float((shortcut[:50] - truth[:50]).abs().max())
     assert torch.allclose(exact[50:], truth[50:].float(), rtol=1e-5)
+
+
+def test_an_onnx_model_shrinks_large_photos_as_its_training_kept_them(tmp_path):
+    from PIL import Image
+
+    from adcore.loaded_model import model_from_run
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    photos = [np.asarray(Image.fromarray(textured(rng, 64)).resize((240, 160))) for _ in range(8)]
+    for i, photo in enumerate(photos[:6]):  # the last two are new photos
+        Image.fromarray(photo).save(folder / f"{i}.png")
+    run_dir = train_run(TrainSpec(data=str(folder), method="patchcore", params={"image_size": 32}, max_photo_side=120,
+                                  device="cpu"), tmp_path / "runs")
+    model = onnx_export.export_onnx(run_dir, tmp_path / "m.onnx")
+    onnx_model, torch_model = load_onnx_model(model), model_from_run(run_dir, "cpu")
+    assert onnx_model.config["max_photo_side"] == 120
+    got, want = onnx_model.predict(photos[6:]), torch_model.predict(photos[6:])
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-4)
+    assert [m.shape for m in got.anomaly_maps] == [(160, 240)] * 2  # back at each photo's own size

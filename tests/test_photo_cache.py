@@ -157,7 +157,7 @@ def test_patchcore_subsamples_candidate_patches_beyond_the_bound(monkeypatch):
 
 
 def test_a_model_sees_new_large_photos_at_the_size_training_kept_them(tmp_path):
-    from adcore.export import model_from_run
+    from adcore.loaded_model import model_from_run
     from adcore.photo_cache import shrink
 
     folder = tmp_path / "photos"

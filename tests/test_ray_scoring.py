@@ -24,16 +24,6 @@ TINY = {"image_size": 32, "epochs": 2, "width": 8, "batch_size": 4}
 
 
 @pytest.fixture(scope="module")
-def ray_instance():
-    """One local Ray instance (2 CPUs, a small object store) for the module's Ray tests."""
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -r requirements-ray.txt)")
-    pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install -r requirements-ray.txt)")
-    ray.init(num_cpus=2, object_store_memory=128 * 1024**2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny autoencoder run, its exported model file, and the local engine's CSV of sample_data/test."""
     root = tmp_path_factory.mktemp("ray")

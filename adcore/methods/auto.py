@@ -51,6 +51,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from adcore.backbones import BACKBONES
 from adcore.methods.base import (
@@ -75,6 +76,9 @@ SEARCH_PROJECTION = 64  # dimensions the search coreset measures distances in (P
 MIN_WORKING_SIZE, MAX_WORKING_SIZE = 224, 256  # the ImageNet networks' scale .. what 2 CPU cores afford (a 10 % memory of 320-px tile photos takes minutes to select)
 MEMBER_CORESET = 0.1  # PatchCore's default memory; smaller prefixes of it are tried on the hold-out photos
 MEMORY_SHARES = (0.01, 0.03, 0.1)  # memory sizes (share of all patches) judged on the hold-out photos
+# The validation maps are judged at most this many pixels on their longer side (masks shrunk alike),
+# so the search's memory does not grow with photo resolution; smaller photos are judged as they are.
+JUDGED_SIDE = 640
 SATURATED = 0.995  # every candidate at or above this selection score: the synthetic set tells them apart no more
 BOOTSTRAP = 200
 
@@ -293,6 +297,7 @@ class Auto(Method):
         grid = candidate_grid(tile, self._backbones())
         per_family = max(1, round(MIN_DEFECTS_PER_FAMILY / n_val))
         v_images, kinds, masks, source = validation_set(val_images, per_family, self.rng_)
+        masks = [None if m is None else _shrink_mask(m, judged_shape(*m.shape)) for m in masks]
         # Where the search memories were built from every photo the members are fitted on, the
         # members reuse the search's features (and the kept-aside photos' features judge their memory).
         keep = len(search_bank) == len(rest)
@@ -500,13 +505,14 @@ class Auto(Method):
             parts = out_tiles[k : k + n_t]
             k += n_t
             if val_boxes is None:
-                result.append(_resize_map(parts[0], im.shape[:2]))
+                result.append(_resize_map(parts[0], judged_shape(*im.shape[:2])))
             else:
                 from adcore.tiling import stitch
 
                 boxes = val_boxes[img_i]
                 tiles = [_resize_map(p, (b[2] - b[0], b[3] - b[1])) for p, b in zip(parts, boxes)]
-                result.append(stitch(tiles, boxes, im.shape[:2]))
+                whole = stitch(tiles, boxes, im.shape[:2])
+                result.append(_resize_map(torch.from_numpy(whole), judged_shape(*im.shape[:2])))
         return result
 
     def _choose_memory(self, member: PatchCore, cand: Candidate, val_feats: list[dict] | None, v_images, kinds,
@@ -927,6 +933,24 @@ def _patchcore(params: dict[str, Any]) -> PatchCore:
     member = PatchCore(**params)
     member.get_params()  # bad parameters fail here, before any work
     return member
+
+
+def judged_shape(height: int, width: int) -> tuple[int, int]:
+    """The (H, W) a validation photo's map and mask are judged at: the photo's own, or shrunk to
+    ``JUDGED_SIDE`` on its longer side."""
+    scale = JUDGED_SIDE / max(height, width)
+    if scale >= 1:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _shrink_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A defect mask at ``shape``: a pixel is in it where any of the pixels it covers was (so thin
+    lines survive the shrinking)."""
+    if mask.shape == tuple(shape):
+        return mask
+    area = Image.fromarray(mask.astype(np.float32), mode="F").resize((shape[1], shape[0]), Image.BOX)
+    return np.asarray(area) > 0
 
 
 def _resize_map(m: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
