@@ -109,7 +109,7 @@ def _selection_section(selection: dict[str, Any]) -> str:
     rows, sentence = describe_selection(selection)
     header = list(rows[0]) if rows else []
     return _section("How the method configured itself", _caption(sentence),
-                    _table(header, [list(r.values()) for r in rows]) if rows else "")
+                    _table(header, [["" if v is None else v for v in r.values()] for r in rows]) if rows else "")
 
 
 def _saved_scores(run: Run) -> tuple[np.ndarray, str | None, dict[str, Any] | None]:
