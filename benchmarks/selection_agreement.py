@@ -142,7 +142,7 @@ def _search_only(method: Measured, images):
     grid = candidate_grid(tile)
     per_family = max(1, round(MIN_DEFECTS_PER_FAMILY / n_val))
     v_images, kinds, masks, source = validation_set(val, per_family, method.rng_)
-    return method._search(grid, bank, v_images, np.array(kinds), masks, np.array(source), FitContext())
+    return method._search(grid, bank, v_images, np.array(kinds), masks, np.array(source), FitContext())[0]
 
 
 if __name__ == "__main__":

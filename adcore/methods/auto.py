@@ -262,7 +262,6 @@ class Auto(Method):
         self.calibration_ = torch.zeros(0, 2)
         self.image_members_: list[int] = [0]
         self.map_members_: list[int] = [0]
-        self.search_results_: dict = {}
         self.selection_: dict[str, Any] = {}
 
     def _fit_images(self, images: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
@@ -301,14 +300,13 @@ class Auto(Method):
         # Where the search memories were built from every photo the members are fitted on, the
         # members reuse the search's features (and the kept-aside photos' features judge their memory).
         keep = len(search_bank) == len(rest)
-        rows = self._search(grid, search_bank, v_images, np.array(kinds), masks, np.array(source), ctx, keep)
+        rows, results = self._search(grid, search_bank, v_images, np.array(kinds), masks, np.array(source), ctx, keep)
         search_s = time.monotonic() - started
-        choice = self._decide(grid, self.search_results_)
-        combos = [self._combo_row(key, stats) for key, stats in self.search_results_.items() if isinstance(key, tuple)]
+        choice = self._decide(grid, results)
+        combos = [self._combo_row(key, stats) for key, stats in results.items() if isinstance(key, tuple)]
         self.selection_ = {**choice.pop("table"), "candidates": rows, "combinations": combos,
                            "image_size": cfg["image_size"], "n_validation": n_val, "n_search_bank": len(search_bank),
                            "defects_per_family": per_family, "families": list(FAMILIES)}
-        self.search_results_ = {}
         ctx.report(step=len(grid), total_steps=len(grid), images=n, phase="search done", record=False,
                    selection=self.selection_)
         # Members are fitted without the kept-aside photos, which then choose each one's memory size
@@ -341,8 +339,9 @@ class Auto(Method):
         source: np.ndarray,
         ctx: FitContext,
         keep_features: bool = False,
-    ) -> list[dict[str, Any]]:
-        """Score every candidate on the validation set; one row per candidate, in grid order. With
+    ) -> tuple[list[dict[str, Any]], dict]:
+        """Score every candidate (and the leaders' combinations) on the validation set: one table row per
+        candidate, in grid order, and every entry's statistics (keyed by candidate or combination). With
         ``keep_features``, the whole-photo views' features stay in ``kept_features_`` for the final fit."""
         cfg = self.config_
         results: dict[Candidate, dict[str, Any]] = {}
@@ -382,8 +381,7 @@ class Auto(Method):
         for stats in results.values():
             stats.pop("_maps", None)
         self._bootstrap(list(results), results, kinds, source)
-        self.search_results_ = results
-        return [self._row(c, results[c]) for c in grid]
+        return [self._row(c, results[c]) for c in grid], results
 
     def _keep_leaders_maps(self, results: dict) -> None:
         """Keep the validation maps only of the candidates that may still be combined (the best
@@ -607,7 +605,6 @@ class Auto(Method):
         table = out["table"]
         table["decision"] = "combine" if "combine" in (table["image decision"], table["pixel decision"]) else "pick"
         table["reason"] = f"{table['image reason']}; {table['pixel reason']}"
-        table["image_members"], table["map_members"] = out["image"], out["map"]
         return out
 
     def _decide_part(self, part: str, grid: list[Candidate], results: dict) -> tuple[list[Candidate], str, str]:
