@@ -38,17 +38,11 @@ class Measured(Auto):
     test_images: list = []
     real: dict = {}
 
-    def _extract_validation(self, proto, v_images, ctx):
-        self._proto_test = None
-        return super()._extract_validation(proto, v_images, ctx)
-
-    def _judge(self, proto, cand, bank_feats, val_feats, val_boxes, v_images, kinds, masks, source):
-        stats = super()._judge(proto, cand, bank_feats, val_feats, val_boxes, v_images, kinds, masks, source)
-        key = cand.view
-        if getattr(self, "_test_view", None) != key:
-            self._test_view = key
-            self._test_feats, self._test_boxes = super()._extract_validation(proto, self.test_images, FitContext())
-        bank = self._candidate_bank(cand, bank_feats)
+    def _judge(self, proto, cand, bank, patch_maps, val_boxes, v_images, kinds, masks):
+        stats = super()._judge(proto, cand, bank, patch_maps, val_boxes, v_images, kinds, masks)
+        if getattr(self, "_test_view", None) != cand.view:  # the test photos' features, once per view
+            self._test_view = cand.view
+            self._test_feats, self._test_boxes = self._extract_validation(proto, self.test_images, FitContext())
         maps = self._candidate_maps(proto, cand, bank, self._test_feats, self._test_boxes, self.test_images)
         self.real[cand.label] = maps
         return stats

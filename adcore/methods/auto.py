@@ -57,10 +57,18 @@ from adcore.backbones import BACKBONES
 from adcore.methods.base import (
     FitContext, Method, Prediction, ResizeRule, gaussian_blur, register_method, upsample_maps,
 )
-from adcore.methods.patchcore import DISTANCE_CHUNK, PatchCore, greedy_coreset, knn_distance, patch_embedding
+from adcore.methods.patchcore import (
+    DISTANCE_CHUNK,
+    TILE_OVERLAP,
+    PatchCore,
+    greedy_coreset,
+    knn_distance,
+    patch_embedding,
+)
 from adcore.photo_cache import TiledImages, concat, take
 from adcore.registry import Param
 from adcore.synthetic import FAMILIES, make_defect
+from adcore.tiling import stitch, tile_boxes
 
 SEARCH_STRIDES = "8+16+32"  # one extraction gives every candidate's strides
 LARGE_PHOTO_SIDE = 3  # photos whose shorter side is this many times image_size also get tiled candidates
@@ -356,18 +364,28 @@ class Auto(Method):
                 pick = np.random.default_rng(cfg["seed"] + 11).permutation(len(bank_input))[: cfg["search_images"]]
                 bank_input = take(bank_input, np.sort(pick))
             bank_feats = self._extract(proto, bank_input, ctx, f"search: features ({members[0].normalize})")
-            val_feats, val_boxes = self._extract_validation(proto, v_images, ctx)
-            view_s = time.monotonic() - t_view
+            banks, seconds = {}, {}
             for cand in members:
                 t0 = time.monotonic()
-                stats = self._judge(proto, cand, bank_feats, val_feats, val_boxes, v_images, kinds, masks, source)
-                stats["seconds"] = round(time.monotonic() - t0 + view_s / len(members), 1)
+                banks[cand] = self._candidate_bank(cand, bank_feats)
+                seconds[cand] = time.monotonic() - t0
+            kept = keep_features and not view[1]
+            patch_maps, val_boxes, val_feats, distance_s = self._validation_patch_maps(
+                proto, members, banks, v_images, ctx, kept
+            )
+            shared_s = time.monotonic() - t_view - sum(seconds.values()) - sum(distance_s.values())
+            for cand in members:
+                t0 = time.monotonic()
+                stats = self._judge(proto, cand, banks.pop(cand), patch_maps.pop(cand), val_boxes, v_images, kinds, masks)
+                stats["seconds"] = round(
+                    time.monotonic() - t0 + seconds[cand] + distance_s[cand] + shared_s / len(members), 1
+                )
                 results[cand] = stats
                 self._keep_leaders_maps(results)
                 done += 1
                 ctx.report(step=done, total_steps=len(grid), images=done, phase="search: judging candidates",
                            record=False, selection={"candidates": [self._row(c, results[c]) for c in results]})
-            if keep_features and not view[1]:
+            if kept:
                 self.kept_features_[view] = (bank_feats, val_feats)
             del bank_feats, val_feats
         for part in PARTS:
@@ -423,32 +441,64 @@ class Auto(Method):
         proto._build()
         return proto
 
-    def _extract(self, proto: PatchCore, images: list[np.ndarray], ctx: FitContext, phase: str) -> list[dict]:
+    @staticmethod
+    def _feature_batches(proto: PatchCore, images: Sequence[np.ndarray], ctx: FitContext, phase: str):
+        """(indices, {stride: (B, C, h, w)}) per batch of ``images`` at their input shapes, reporting
+        progress. Call it in inference mode."""
+        total = math.ceil(len(images) / proto.config_["batch_size"])
+        for step, (idx, x) in enumerate(proto._shaped_batches(images, proto.config_["batch_size"]), 1):
+            yield idx, proto._features(x)
+            ctx.report(step=step, total_steps=total, images=step, phase=phase, record=False)
+
+    def _extract(self, proto: PatchCore, images: Sequence[np.ndarray], ctx: FitContext, phase: str) -> list[dict]:
         """Per image, {stride: (1, C, h, w)} features (CPU)."""
         feats: list[dict] = [None] * len(images)  # type: ignore[list-item]
-        total = math.ceil(len(images) / proto.config_["batch_size"])
         with torch.inference_mode():
-            for step, (idx, x) in enumerate(proto._shaped_batches(images, proto.config_["batch_size"]), 1):
-                out = proto._features(x)
+            for idx, out in self._feature_batches(proto, images, ctx, phase):
                 for j, i in enumerate(idx):
                     feats[i] = {s: f[j : j + 1] for s, f in out.items()}
-                ctx.report(step=step, total_steps=total, images=step, phase=phase, record=False)
         return feats
+
+    @staticmethod
+    def _tiled(proto: PatchCore, images: list[np.ndarray]) -> tuple[Sequence[np.ndarray], list | None]:
+        """What ``proto`` sees of ``images``: the photos, or their tiles (cut as read) and each photo's boxes."""
+        tile = proto.config_["tile_size"]
+        if not tile:
+            return images, None
+        return TiledImages(images, tile, TILE_OVERLAP), [tile_boxes(*im.shape[:2], tile, TILE_OVERLAP) for im in images]
 
     def _extract_validation(self, proto: PatchCore, v_images: list[np.ndarray], ctx: FitContext):
         """Features of the validation photos (or of their tiles) and, with tiles, each photo's boxes."""
-        tile = proto.config_["tile_size"]
-        if not tile:
-            return self._extract(proto, v_images, ctx, "search: validation features"), None
-        from adcore.tiling import tile_boxes
+        images, boxes = self._tiled(proto, v_images)
+        return self._extract(proto, images, ctx, "search: validation features" + (" (tiles)" if boxes else "")), boxes
 
-        boxes = [tile_boxes(*im.shape[:2], tile, 0.25) for im in v_images]
-        tiles = TiledImages(v_images, tile, 0.25)  # cut as extracted, not all at once
-        return self._extract(proto, tiles, ctx, "search: validation features (tiles)"), boxes
+    def _validation_patch_maps(self, proto, cands, banks, v_images, ctx: FitContext, keep: bool):
+        """One pass over the validation photos (or their tiles): each candidate's (1, 1, h, w) patch
+        distances to its search memory ``banks[cand]``, per photo or tile. Features are dropped batch by
+        batch unless ``keep`` (a large validation set of tiles would not fit in memory otherwise).
+        Returns the maps by candidate, the tile boxes (None for whole photos), the kept features (or
+        None) and each candidate's seconds of distance computation."""
+        images, boxes = self._tiled(proto, v_images)
+        maps: dict = {c: [None] * len(images) for c in cands}
+        seconds = dict.fromkeys(cands, 0.0)
+        kept: list | None = [None] * len(images) if keep else None
+        phase = "search: validation features" + (" (tiles)" if boxes else "")
+        with torch.inference_mode():
+            for idx, out in self._feature_batches(proto, images, ctx, phase):
+                for j, i in enumerate(idx):
+                    f = {s: v[j : j + 1] for s, v in out.items()}
+                    if kept is not None:
+                        kept[i] = f
+                    for cand in cands:
+                        t0 = time.monotonic()
+                        maps[cand][i] = self._patch_map(cand, banks[cand], f)
+                        seconds[cand] += time.monotonic() - t0
+        return maps, boxes, kept, seconds
 
-    def _judge(self, proto, cand, bank_feats, val_feats, val_boxes, v_images, kinds, masks, source) -> dict:
-        bank = self._candidate_bank(cand, bank_feats)
-        image_maps = self._candidate_maps(proto, cand, bank, val_feats, val_boxes, v_images)
+    def _judge(self, proto, cand, bank, patch_maps, val_boxes, v_images, kinds, masks) -> dict:
+        """The candidate's statistics on the validation set, from its patch maps (``bank``: its search
+        memory, for subclasses that measure more with it)."""
+        image_maps = self._val_maps(proto, patch_maps, val_boxes, v_images)
         stats = _stats(image_maps, kinds, masks)
         stats["_maps"] = image_maps
         return stats
@@ -473,44 +523,41 @@ class Auto(Method):
                 return patches
             return patches[greedy_coreset(patches, n_keep, projection_dim=SEARCH_PROJECTION, seed=self.config_["seed"])]
 
+    def _patch_map(self, cand: Candidate, bank: torch.Tensor, features: dict) -> torch.Tensor:
+        """One photo's (or tile's) features -> (1, 1, h, w) distances to the nearest of ``bank``."""
+        e = self._embed(cand, features)
+        d = knn_distance(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]), bank, 1)
+        return d.view(1, 1, *e.shape[-2:])
+
     def _candidate_maps(self, proto, cand, bank, feats, boxes, images) -> list[np.ndarray]:
         """The candidate's smoothed maps of ``images`` (from their features) at each photo's size."""
-        maps = []
         with torch.inference_mode():
-            for f in feats:
-                e = self._embed(cand, f)
-                d = knn_distance(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]), bank, 1)
-                maps.append(d.view(1, 1, *e.shape[-2:]))
-        return self._val_maps(proto, maps, feats, boxes, images)
+            maps = [self._patch_map(cand, bank, f) for f in feats]
+        return self._val_maps(proto, maps, boxes, images)
 
-    def _val_maps(self, proto, maps, val_feats, val_boxes, v_images) -> list[np.ndarray]:
-        """Patch-distance maps -> smoothed maps at each validation photo's size (as PatchCore's)."""
+    def _val_maps(self, proto, maps, val_boxes, v_images) -> list[np.ndarray]:
+        """Patch-distance maps -> smoothed maps at each validation photo's size (as PatchCore's), at
+        most ``JUDGED_SIDE`` on the longer side; photo by photo, so a tiled photo's tiles are
+        upsampled only while it is stitched."""
         sigma = proto.config_["map_sigma"]
-        out_tiles = []
-        sizes = []
-        for img_i, im in enumerate(v_images):
-            if val_boxes is None:
-                sizes.append([proto._input_shape(*im.shape[:2])])
-            else:
-                sizes.append([proto._input_shape(b[2] - b[0], b[3] - b[1]) for b in val_boxes[img_i]])
-        flat_sizes = [s for group in sizes for s in group]
-        for m, (h, w) in zip(maps, flat_sizes):
-            up = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
-            out_tiles.append(gaussian_blur(up[:, 0], sigma)[0])
+
+        def smoothed(m: torch.Tensor, h: int, w: int) -> torch.Tensor:
+            up = F.interpolate(m, size=proto._input_shape(h, w), mode="bilinear", align_corners=False)
+            return gaussian_blur(up[:, 0], sigma)[0]
+
         result, k = [], 0
         for img_i, im in enumerate(v_images):
-            n_t = len(sizes[img_i])
-            parts = out_tiles[k : k + n_t]
-            k += n_t
             if val_boxes is None:
-                result.append(_resize_map(parts[0], judged_shape(*im.shape[:2])))
-            else:
-                from adcore.tiling import stitch
-
-                boxes = val_boxes[img_i]
-                tiles = [_resize_map(p, (b[2] - b[0], b[3] - b[1])) for p, b in zip(parts, boxes)]
-                whole = stitch(tiles, boxes, im.shape[:2])
-                result.append(_resize_map(torch.from_numpy(whole), judged_shape(*im.shape[:2])))
+                result.append(_resize_map(smoothed(maps[k], *im.shape[:2]), judged_shape(*im.shape[:2])))
+                k += 1
+                continue
+            boxes = val_boxes[img_i]
+            tiles = []
+            for m, b in zip(maps[k : k + len(boxes)], boxes):
+                tiles.append(_resize_map(smoothed(m, b[2] - b[0], b[3] - b[1]), (b[2] - b[0], b[3] - b[1])))
+            k += len(boxes)
+            whole = stitch(tiles, boxes, im.shape[:2])
+            result.append(_resize_map(torch.from_numpy(whole), judged_shape(*im.shape[:2])))
         return result
 
     def _choose_memory(self, member: PatchCore, cand: Candidate, val_feats: list[dict] | None, v_images, kinds,
@@ -531,7 +578,7 @@ class Auto(Method):
                 nearest = prefix_nearest(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]), full, list(sizes.values()))
                 for share, k in sizes.items():
                     patch_maps[share].append(nearest[k].view(1, 1, *e.shape[-2:]))
-        maps = {share: self._val_maps(member, pm, val_feats, None, v_images) for share, pm in patch_maps.items()}
+        maps = {share: self._val_maps(member, pm, None, v_images) for share, pm in patch_maps.items()}
         results = {share: _stats(image_maps, kinds, masks) for share, image_maps in maps.items()}
         shares = list(sizes)
         self._bootstrap(shares, results, kinds, source)
