@@ -67,11 +67,17 @@ def measure(data: Path, method: str, params: list[str], out_root: Path) -> dict:
            "--method", method, "--out", str(out)]
     for p in params:
         cmd += ["--param", p]
+    log = out_root / f"train-{data.name}-{method}.log"  # its progress, to follow with tail -f while it runs
+    print(f"  {data.name}: {' '.join(cmd[2:])} (progress: {log})", flush=True)
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    with open(log, "w") as err:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, text=True)
     wall = time.monotonic() - t0
+    proc.stderr = log.read_text(errors="replace")
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    row = {"wall_s": wall, "rss_gb": int(rss.group(1)) / 1024**2 if rss else float("nan"), "rc": proc.returncode}
+    cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", proc.stderr))
+    row = {"wall_s": wall, "cpu_s": cpu, "rss_gb": int(rss.group(1)) / 1024**2 if rss else float("nan"),
+           "rc": proc.returncode}
     if proc.returncode != 0:
         tail = [line for line in proc.stderr.splitlines() if "\r" not in line][-15:]
         row["error"] = "\n".join(tail)
@@ -94,12 +100,14 @@ def main() -> int:
     print(f"{max(args.counts)} photos of {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} ready in {time.monotonic() - t0:.0f} s "
           f"under {args.photos}", flush=True)
     out_root = Path(tempfile.mkdtemp(prefix="adcore-train-memory-runs-"))
-    print(f"\n| photos | method | peak RSS (GB) | wall (s) |\n|---:|---|---:|---:|", flush=True)
+    # CPU time (user + system) is printed beside the wall time: it says what a row costs even where
+    # other jobs shared the cores.
+    print("\n| photos | method | peak RSS (GB) | wall (s) | CPU (s) |\n|---:|---|---:|---:|---:|", flush=True)
     failed = 0
     for n, data in sets.items():
         row = measure(data, args.method, args.param, out_root)
         label = " ".join([args.method] + args.param)
-        print(f"| {n} | {label} | {row['rss_gb']:.2f} | {row['wall_s']:.0f} |", flush=True)
+        print(f"| {n} | {label} | {row['rss_gb']:.2f} | {row['wall_s']:.0f} | {row['cpu_s']:.0f} |", flush=True)
         if row["rc"]:
             failed += 1
             print(f"  (failed, exit {row['rc']}):\n{row['error']}", flush=True)
