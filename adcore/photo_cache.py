@@ -247,6 +247,14 @@ class TiledImages(Sequence[np.ndarray]):
         i, (top, left, bottom, right) = self.index[k]
         return np.ascontiguousarray(self.images[i][top:bottom, left:right])
 
+    def subset(self, keep: Sequence[int]) -> "TiledImages":
+        """The tiles numbered ``keep`` only (still cut when indexed), in that order."""
+        out = object.__new__(TiledImages)
+        out.images = self.images
+        out.index = [self.index[k] for k in keep]
+        out.shapes = [self.shapes[k] for k in keep]
+        return out
+
 
 def predict_at_side(predict: Callable[[Sequence[np.ndarray]], Any], images: Sequence[np.ndarray],
                     max_side: int | None) -> Any:

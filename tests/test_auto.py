@@ -309,3 +309,25 @@ def test_large_validation_photos_are_judged_at_a_bounded_size_and_thin_defects_s
     assert small.shape == (h, w) and small.any()
     rows = np.flatnonzero(small.any(1))
     assert len(rows) <= 2 and abs(rows[0] - 1000 * h / 2048) <= 1
+
+
+def test_tiles_a_synthetic_defect_does_not_touch_take_the_clean_photos_maps(normal_images):
+    """The search sees each tile of a defect photo that the defect leaves untouched only once (on
+    the clean photo): the patch maps must be exactly those of seeing every tile."""
+    from adcore.methods.auto import Candidate, _untouched_tiles, validation_set
+    from adcore.tiling import tile_boxes
+
+    clean = [np.ascontiguousarray(np.concatenate([im, im[:, ::-1]], 1)) for im in normal_images[:3]]  # 64 x 128
+    v_images, kinds, _, source = validation_set(clean, 1, np.random.default_rng(0))
+    auto = Auto(**TINY)
+    auto._prepare(FitContext(device=CPU))
+    cand = Candidate("none", "8+16", 3, tile_size=32)
+    proto = auto._prototype(cand)
+    banks = {cand: auto._candidate_bank(cand, auto._extract(proto, proto._fit_images(clean), FitContext(device=CPU), "f"))}
+    boxes = [tile_boxes(*im.shape[:2], 32, 0.25) for im in v_images]
+    seen, same_as = _untouched_tiles(v_images, boxes, source)
+    assert same_as and len(seen) + len(same_as) == sum(len(b) for b in boxes)  # some tiles are reused
+    every, _, _, _ = auto._validation_patch_maps(proto, [cand], banks, v_images, FitContext(device=CPU), False)
+    reused, _, _, _ = auto._validation_patch_maps(proto, [cand], banks, v_images, FitContext(device=CPU), False, source)
+    for a, b in zip(every[cand], reused[cand]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

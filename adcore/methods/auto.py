@@ -371,7 +371,7 @@ class Auto(Method):
                 seconds[cand] = time.monotonic() - t0
             kept = keep_features and not view[1]
             patch_maps, val_boxes, val_feats, distance_s = self._validation_patch_maps(
-                proto, members, banks, v_images, ctx, kept
+                proto, members, banks, v_images, ctx, kept, source
             )
             shared_s = time.monotonic() - t_view - sum(seconds.values()) - sum(distance_s.values())
             for cand in members:
@@ -472,14 +472,23 @@ class Auto(Method):
         images, boxes = self._tiled(proto, v_images)
         return self._extract(proto, images, ctx, "search: validation features" + (" (tiles)" if boxes else "")), boxes
 
-    def _validation_patch_maps(self, proto, cands, banks, v_images, ctx: FitContext, keep: bool):
+    def _validation_patch_maps(self, proto, cands, banks, v_images, ctx: FitContext, keep: bool, source=None):
         """One pass over the validation photos (or their tiles): each candidate's (1, 1, h, w) patch
         distances to its search memory ``banks[cand]``, per photo or tile. Features are dropped batch by
         batch unless ``keep`` (a large validation set of tiles would not fit in memory otherwise).
         Returns the maps by candidate, the tile boxes (None for whole photos), the kept features (or
-        None) and each candidate's seconds of distance computation."""
+        None) and each candidate's seconds of distance computation.
+
+        With tiles and ``source`` (the clean photo each validation photo was made from), a defect
+        photo's tile whose pixels equal the clean photo's tile there (a tile the defect does not
+        touch) takes that tile's maps instead of being seen again: a tile's features depend on its
+        pixels alone, and most tiles of a photo with one small defect are untouched."""
         images, boxes = self._tiled(proto, v_images)
-        maps: dict = {c: [None] * len(images) for c in cands}
+        seen, same_as = list(range(len(images))), {}
+        if boxes is not None and source is not None:
+            seen, same_as = _untouched_tiles(v_images, boxes, source)
+            images = images.subset(seen)
+        maps: dict = {c: [None] * (len(seen) + len(same_as)) for c in cands}
         seconds = dict.fromkeys(cands, 0.0)
         kept: list | None = [None] * len(images) if keep else None
         phase = "search: validation features" + (" (tiles)" if boxes else "")
@@ -491,8 +500,11 @@ class Auto(Method):
                         kept[i] = f
                     for cand in cands:
                         t0 = time.monotonic()
-                        maps[cand][i] = self._patch_map(cand, banks[cand], f)
+                        maps[cand][seen[i]] = self._patch_map(cand, banks[cand], f)
                         seconds[cand] += time.monotonic() - t0
+        for k, like in same_as.items():
+            for cand in cands:
+                maps[cand][k] = maps[cand][like]
         return maps, boxes, kept, seconds
 
     def _judge(self, proto, cand, bank, patch_maps, val_boxes, v_images, kinds, masks) -> dict:
@@ -908,6 +920,24 @@ def _share(row: dict, key: str) -> str:
 
 
 PARTS = ("image", "pixel")
+
+
+def _untouched_tiles(images: Sequence[np.ndarray], boxes: list[list], source: Sequence[int]) -> tuple[list[int], dict]:
+    """For the tiles of ``images`` (``boxes`` per photo, numbered photo by photo): the tiles to see, and
+    {tile: the same tile of the photo it was made from} for tiles whose pixels equal that one's."""
+    starts = np.cumsum([0] + [len(b) for b in boxes])
+    seen, same_as = [], {}
+    for i, photo_boxes in enumerate(boxes):
+        src = int(source[i])
+        for t, (top, left, bottom, right) in enumerate(photo_boxes):
+            k = int(starts[i] + t)
+            if src != i and images[src].shape == images[i].shape and np.array_equal(
+                images[i][top:bottom, left:right], images[src][top:bottom, left:right]
+            ):
+                same_as[k] = int(starts[src] + t)
+            else:
+                seen.append(k)
+    return seen, same_as
 
 
 def _stats(image_maps: list[np.ndarray], kinds: np.ndarray, masks: list[np.ndarray | None]) -> dict[str, Any]:
