@@ -455,8 +455,8 @@ class Auto(Method):
         feats: list[dict] = [None] * len(images)  # type: ignore[list-item]
         with torch.inference_mode():
             for idx, out in self._feature_batches(proto, images, ctx, phase):
-                for j, i in enumerate(idx):
-                    feats[i] = {s: f[j : j + 1] for s, f in out.items()}
+                for j, i in enumerate(idx):  # copies: a slice would keep the batch's padded features alive
+                    feats[i] = {s: f[j : j + 1].clone() for s, f in out.items()}
         return feats
 
     @staticmethod
@@ -497,7 +497,7 @@ class Auto(Method):
                 for j, i in enumerate(idx):
                     f = {s: v[j : j + 1] for s, v in out.items()}
                     if kept is not None:
-                        kept[i] = f
+                        kept[i] = {s: v.clone() for s, v in f.items()}
                     for cand in cands:
                         t0 = time.monotonic()
                         maps[cand][seen[i]] = self._patch_map(cand, banks[cand], f)
@@ -955,12 +955,15 @@ def _stats(image_maps: list[np.ndarray], kinds: np.ndarray, masks: list[np.ndarr
 def combine_maps(per_member: list[list[np.ndarray]], kinds: np.ndarray) -> list[np.ndarray]:
     """Members' maps of the same photos put on one scale (z-scores over the clean photos' pixels,
     ``kinds == "normal"``) and averaged, as a fitted combination does with its calibration."""
-    scaled = []
+    scales = []
     for maps in per_member:
         values = np.concatenate([m.ravel() for m, k in zip(maps, kinds) if k == "normal"])
-        mu, sd = float(values.mean()), max(float(values.std()), 1e-6)
-        scaled.append([(m - mu) / sd for m in maps])
-    return [np.mean([s[i] for s in scaled], 0) for i in range(len(per_member[0]))]
+        scales.append((float(values.mean()), max(float(values.std()), 1e-6)))
+    # Photo by photo, so no scaled copy of every member's maps is held at once.
+    return [
+        np.mean([(maps[i] - mu) / sd for maps, (mu, sd) in zip(per_member, scales)], 0)
+        for i in range(len(per_member[0]))
+    ]
 
 
 def prefix_nearest(queries: torch.Tensor, bank: torch.Tensor, sizes: Sequence[int]) -> dict[int, torch.Tensor]:
