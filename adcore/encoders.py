@@ -193,20 +193,61 @@ def prepare(x: torch.Tensor, normalize: str) -> torch.Tensor:
     return x
 
 
+class EncoderModel(nn.Module):
+    """What the inference modules of the self-supervised methods share: the trained ``encoder`` and
+    the ``head`` it was trained with (submodules; the head is kept with the encoder it was trained
+    with, though scoring uses the encoder alone), and the input preparation (``normalize``)."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, *, normalize: str) -> None:
+        super().__init__()
+        self.encoder, self.head, self.normalize = encoder, head, normalize
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        return prepare(x, self.normalize)
+
+    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] -> the trained encoder's (B, C, S/8, S/8) feature map: what a student
+        network learns to match with this run as its teacher."""
+        return self.encoder(self.input(x)).dense
+
+
 class EncoderFeatures:
-    """Mixin for methods whose ``encoder_`` comes from ``build_encoder``: their input preparation and
-    ``dense_features``, the hook a student-teacher run uses to take such a run as its teacher."""
+    """Mixin for methods whose inference module is an ``EncoderModel`` with an encoder from
+    ``build_encoder``: handles on its parts, ``dense_features`` (the hook a student-teacher run uses
+    to take such a run as its teacher), and the marker ``built.<name>`` saved beside the module's
+    state, naming the encoder really built (a pretrained ResNet-18 may fall back to Lite0)."""
+
+    saved_alongside = ("built.",)
+
+    @property
+    def encoder_(self) -> nn.Module:
+        return self.model_.encoder
+
+    @property
+    def head_(self) -> nn.Module:
+        return self.model_.head
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return prepare(x, self.config_["normalize"])
 
     def dense_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) in [0, 1] -> the trained encoder's (B, C, S/8, S/8) feature map, in eval mode
-        and without gradients: what a student network learns to match with this run as its teacher."""
-        self._check_fitted()
-        self.encoder_.eval()
+        """The inference module's ``dense_features``, in eval mode and without gradients."""
+        module = self.inference_module().eval()
         with torch.no_grad():
-            return self.encoder_(self._input(x)).dense
+            return module.dense_features(x)
+
+    def _alongside_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"built.{self.encoder_name_}": torch.ones(1)}
+
+    def _build_saved(self, state: dict[str, torch.Tensor]) -> None:
+        """Build as ``fit`` does, after checking that the encoder that was trained is the one built now."""
+        self._build()
+        built = [k.split(".", 1)[1] for k in state if k.startswith("built.")]
+        if built != [self.encoder_name_]:
+            raise ValueError(
+                f"this model was trained with a {built or 'unknown'} encoder but {self.encoder_name_} was built "
+                "(were the ResNet-18 weights added to or removed from the torch cache since?)"
+            )
 
 
 def mlp_head(dim: int, hidden: int, out: int, layers: int) -> nn.Sequential:
@@ -348,27 +389,3 @@ def prepared_uint8(images: np.ndarray, normalize: str, device: torch.device) -> 
     return np.concatenate(
         [to_uint8_images(prepare(to_tensor(images[i : i + 64], device), normalize)) for i in range(0, len(images), 64)]
     )
-
-
-def load_parts(method, state: dict[str, torch.Tensor], parts: Sequence[str]) -> None:
-    """Load ``state`` (keys ``part.name``) into the ``method.<part>_`` modules, after checking that
-    the encoder that was trained is the one built now (a pretrained ResNet-18 may fall back to Lite0)."""
-    built = [k.split(".", 1)[1] for k in state if k.startswith("built.")]
-    if built != [method.encoder_name_]:
-        raise ValueError(
-            f"this model was trained with a {built or 'unknown'} encoder but {method.encoder_name_} was built "
-            "(were the ResNet-18 weights added to or removed from the torch cache since?)"
-        )
-    for part in parts:
-        prefix = part + "."
-        getattr(method, part + "_").load_state_dict(
-            {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True
-        )
-    method.encoder_.eval()
-
-
-def state_of_parts(method, parts: Sequence[str]) -> dict[str, torch.Tensor]:
-    """The ``method.<part>_`` modules' tensors as ``part.name`` keys, and which encoder was built."""
-    state = {f"{part}.{k}": v for part in parts for k, v in getattr(method, part + "_").state_dict().items()}
-    state[f"built.{method.encoder_name_}"] = torch.ones(1)
-    return state

@@ -41,7 +41,6 @@ import adcore
 from adcore.export import map_display_range, preprocessing_description
 from adcore.files import write_atomic
 from adcore.methods.base import Method
-from adcore.methods.patchcore import PretrainedFeatures
 from adcore.onnx_model import (
     FORMAT_MARKER,
     FORMAT_VERSION,
@@ -78,46 +77,17 @@ class ExportGraph(nn.Module):
         return out["scores"], maps[:, 0]
 
 
-class _BatchInference(nn.Module):
-    """A method without its own inference module: its ``_predict_batch`` (networks traced as constants)."""
-
-    def __init__(self, method: Method) -> None:
-        super().__init__()
-        self._method = [method]  # a list, so nn.Module does not look inside
-
-    def forward(self, image: torch.Tensor) -> dict:
-        return self._method[0]._predict_batch(image)
-
-
 def inference_module(method: Method) -> nn.Module:
-    """The module whose graph is exported; ValueError, saying why, for a method that cannot export."""
+    """The module whose graph is exported, the method's own inference module (in eval mode, its
+    networks frozen: a loaded method only scores, and they become constants); ValueError, saying
+    why, for a method that cannot export."""
     members = getattr(method, "members_", None) or [method]
     if any(m.config_.get("tile_size") for m in members):
         raise ValueError(
             f"{method.name} with tiles cannot be exported to ONNX: each photo is cut into a varying number of "
             "tiles whose maps are stitched in Python; use the .adcore model file (export without --format onnx)"
         )
-    if _own_inference_module(type(method)):
-        module = method.inference_module()
-    elif type(method).predict in (Method.predict, PretrainedFeatures.predict):
-        module = _BatchInference(method)
-    else:
-        raise ValueError(f"{method.name} scores photos in its own Python code and cannot be exported to ONNX")
-    for value in vars(method).values():
-        if isinstance(value, nn.Module):  # a loaded method only scores: its networks become constants
-            value.eval().requires_grad_(False)
-    return module.eval()
-
-
-def _own_inference_module(cls: type) -> bool:
-    """Whether ``cls.inference_module`` is its scoring: defined no higher in the class tree than its
-    ``predict`` and ``_predict_batch`` (a subclass that changes the score, as OGNet adds its
-    discriminator to the autoencoder's, inherits a module that no longer gives its scores)."""
-    def owner(name: str) -> type | None:
-        return next((c for c in cls.__mro__ if name in vars(c)), None)
-
-    defined = owner("inference_module")
-    return defined is not None and all(issubclass(defined, owner(n) or object) for n in ("predict", "_predict_batch"))
+    return method.inference_module().eval().requires_grad_(False)
 
 
 def example_size(run: Run) -> tuple[int, int]:

@@ -92,11 +92,11 @@ def test_scores_and_maps_come_from_their_own_members_combined_on_one_scale(norma
     probe[0][20:30, 20:30] = 250
     pred = method.predict(probe)
     parts = [m.predict(probe).anomaly_maps[0] for m in method.members_]
-    expected = np.mean([(p - float(c[0])) / float(c[1]) for p, c in zip(parts, method.calibration_)], 0)
+    expected = np.mean([(p - float(c[0])) / float(c[1]) for p, c in zip(parts, method.model_.calibration)], 0)
     assert np.allclose(pred.anomaly_maps[0], expected, atol=1e-5)
     assert pred.scores[0] == pytest.approx(float(parts[0].max()), rel=1e-6)  # scores: member 0 alone, raw
     # Calibrated on the kept-aside photos: their maps have mean 0 and spread 1 for every member.
-    for member, (mu, sd) in zip(method.members_, method.calibration_.tolist()):
+    for member, (mu, sd) in zip(method.members_, method.model_.calibration.tolist()):
         values = np.concatenate([m.ravel() for m in member.predict(calibration).anomaly_maps])
         assert (values.mean() - mu) / sd == pytest.approx(0, abs=1e-4) and values.std() / sd == pytest.approx(1, rel=1e-4)
     # Both roles survive save/load.
@@ -244,7 +244,7 @@ def test_members_fitted_from_the_search_features_equal_a_fit_on_the_photos(norma
     feats = auto._extract(proto, proto._fit_images(normal_images), FitContext(device=CPU), "features")
     patches = torch.cat([_rows(auto._embed(cand, f)) for f in feats])
     reused = build_method("patchcore", **params).fit_patches(patches, len(normal_images), FitContext(device=CPU))
-    torch.testing.assert_close(reused.bank_, direct.bank_, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(reused.model_.bank, direct.model_.bank, rtol=1e-5, atol=1e-5)
     probe = normal_images[:3]
     np.testing.assert_allclose(reused.predict(probe).scores, direct.predict(probe).scores, rtol=1e-5)
 
@@ -281,7 +281,7 @@ def _assert_fitted_on_every_photo(member, share: float) -> None:
     finest = min(int(s) for s in member.config_["layers"].split("+"))
     assert member.n_patches_ == 24 * (64 // finest) ** 2
     assert member.config_["coreset_ratio"] == share
-    assert len(member.bank_) == round(member.n_patches_ * share)
+    assert len(member.model_.bank) == round(member.n_patches_ * share)
 
 
 def test_memory_choose_leaves_10_percent_only_on_clear_evidence(normal_images):

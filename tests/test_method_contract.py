@@ -159,6 +159,73 @@ def test_saved_and_loaded_through_safetensors_it_scores_identically(fitted, prob
         assert torch.equal(method.dense_features(x), loaded.dense_features(x))
 
 
+def _module_keys(method) -> set[str]:
+    """What a saved state must hold: the inference module's keys, each frozen network's weights
+    replaced by its one marker, and the tensors saved beside the module's."""
+    module = method.inference_module()
+    frozen = {f"{path}.": m.name for path, m in module.named_modules(remove_duplicate=False)
+              if any(m is f for f in method.frozen_modules())}
+    keys = {k for k in module.state_dict() if not k.startswith(tuple(frozen))}
+    return keys | {prefix + name for prefix, name in frozen.items()} | set(method._alongside_tensors())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_saved_state_is_the_inference_modules_state_and_loads_strictly(fitted, name):
+    method, _, _ = fitted(name)
+    state = method.state_dict()
+    assert set(state) == _module_keys(method)
+    params = method.get_params()
+    # A module key removed, or one added, is refused rather than loaded half-way.
+    own = sorted(k for k in method.inference_module().state_dict() if k in state)
+    missing = {k: v for k, v in state.items() if k != own[-1]}
+    with pytest.raises((RuntimeError, ValueError), match="Missing key|missing"):
+        build_saved_method(name, params).load_state_dict(missing, device=CPU)
+    with pytest.raises((RuntimeError, ValueError), match="Unexpected key|unexpected"):
+        build_saved_method(name, params).load_state_dict({**state, "not_a_part.weight": torch.ones(1)}, device=CPU)
+
+
+def _old_patchcore_layout(m) -> dict:
+    """How adcore wrote a PatchCore before its state was its inference module's (``_state_tensors``)."""
+    state = {"bank": m.model_.bank, f"backbone.{m.backbone_.name}": torch.ones(1)}
+    if m.model_.projection is not None:
+        state["projection"] = m.model_.projection
+    return state
+
+
+def _old_autoencoder_layout(m) -> dict:
+    state = {f"net.{k}": v for k, v in m.net_.state_dict().items()}
+    state["err_mean"], state["err_std"] = m.model_.err_mean, m.model_.err_std
+    return state
+
+
+def _old_auto_layout(m) -> dict:
+    state = {"calibration": m.model_.calibration, "selection_json": m.state_dict()["selection_json"]}
+    for k, member in enumerate(m.members_):
+        state.update({f"member{k}.{key}": v for key, v in _old_patchcore_layout(member).items()})
+    return state
+
+
+# Key layouts written by adcore before the methods' state became their inference module's, built
+# here from a fitted method's parts exactly as the old code wrote them (no weights file committed).
+OLD_LAYOUTS = {"patchcore": _old_patchcore_layout, "autoencoder": _old_autoencoder_layout, "auto": _old_auto_layout}
+
+
+@pytest.mark.parametrize("name", sorted(OLD_LAYOUTS))
+def test_a_state_saved_in_the_old_key_layout_loads_and_scores_identically(fitted, probe, name):
+    method, _, _ = fitted(name)
+    old = {k: v.detach().cpu().clone() for k, v in OLD_LAYOUTS[name](method).items()}
+    loaded = build_saved_method(name, method.get_params()).load_state_dict(old, device=CPU)
+    np.testing.assert_array_equal(loaded.score(probe), method.score(probe))
+
+
+def test_a_patchcore_saved_with_a_projection_in_the_old_layout_loads(normal_images, probe):
+    method = build_method("patchcore", **tiny_params("patchcore", projection_dim=32)).fit(normal_images, FitContext(device=CPU))
+    old = {k: v.detach().cpu().clone() for k, v in _old_patchcore_layout(method).items()}
+    assert "projection" in old
+    loaded = build_saved_method("patchcore", method.get_params()).load_state_dict(old, device=CPU)
+    np.testing.assert_array_equal(loaded.score(probe), method.score(probe))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_it_reports_progress_and_scores_the_monitor_images_after_the_last_epoch(fitted, name):
     _, ctx, events = fitted(name)

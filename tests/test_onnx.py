@@ -29,11 +29,11 @@ RUNS = {
     "autoencoder": {"image_size": 32, "epochs": 3, "width": 8, "batch_size": 4},
     "patchcore": {"image_size": 64},
     # confidence 0.5: any lead a coin flip would not give counts, so members are combined or the maps come
-    # from another member than the scores (the default's other cases; one member exports as PatchCore)
+    # from another member than the scores (the default's other cases)
     "auto": {"image_size": 64, "batch_size": 8, "search_images": 12, "confidence": 0.5},
 }
 _AE = {"image_size": 32, "epochs": 3, "width": 8, "batch_size": 4}
-# Every other registered method, on the same tiny set (the generic export of its _predict_batch).
+# Every other registered method, on the same tiny set (each exports its own inference module).
 OTHER_RUNS = {
     "pretrained_gaussian": {"image_size": 64},
     "memae": {**_AE, "memory_size": 20},

@@ -124,7 +124,7 @@ def test_patchcore_fits_quickly_and_its_map_points_at_the_defect(normal_images):
 
     assert {e["phase"] for e in events} == {"extracting features", "selecting coreset"}
     assert all(e["loss"] is None for e in events)
-    assert len(method.bank_) == round(12 * 16 * 16 * 0.25)  # 16x16 patches per image at stride 8
+    assert len(method.model_.bank) == round(12 * 16 * 16 * 0.25)  # 16x16 patches per image at stride 8
 
     rng = np.random.default_rng(5)
     defect, clean, wide = _with_square(rng), textured(rng, 64), textured(rng, 80)[:48]
@@ -220,7 +220,7 @@ def test_patchcore_refuses_a_state_from_another_backbone(normal_images):
 
 def test_a_spent_budget_keeps_the_patches_of_the_first_batch(normal_images):
     method = build_method("patchcore", **TINY).fit(normal_images, FitContext(budget_s=0.0))
-    assert len(method.bank_) == round(4 * 16 * 16 * 0.25)  # one batch of 4 images seen, then stopped
+    assert len(method.model_.bank) == round(4 * 16 * 16 * 0.25)  # one batch of 4 images seen, then stopped
     assert np.isfinite(method.score(normal_images[:2])).all()
 
 

@@ -148,11 +148,11 @@ def test_lazy_tiles_are_the_tiles_cut_at_once():
 def test_patchcore_subsamples_candidate_patches_beyond_the_bound(monkeypatch):
     images = textured_set(12, size=64)
     full = build_method("patchcore", image_size=64, batch_size=4).fit(images, FitContext())
-    dim = full.bank_.shape[1]
+    dim = full.model_.bank.shape[1]
     monkeypatch.setattr(patchcore_module, "MAX_CANDIDATE_BYTES", 4 * dim * 100)  # room for 100 patches
     small = build_method("patchcore", image_size=64, batch_size=4, coreset_ratio=1.0).fit(images, FitContext())
     assert small.n_patches_ == full.n_patches_  # every patch was seen ...
-    assert 90 <= len(small.bank_) <= 110  # ... but only about 100 were kept to choose from
+    assert 90 <= len(small.model_.bank) <= 110  # ... but only about 100 were kept to choose from
     assert small.score(images[:2]).shape == (2,)
 
 

@@ -44,7 +44,7 @@ def test_it_trains_the_segmenter_after_the_memory_and_its_map_points_at_the_defe
     losses = [e["loss"] for e in events if e["loss"] is not None]
     assert losses and all(np.isfinite(losses))
     # 2 of the 20 photos are kept out to calibrate: the memory holds patches of the other 18 only.
-    assert len(method.bank_) == round(18 * 16 * 16 * 0.25)
+    assert len(method.model_.bank) == round(18 * 16 * 16 * 0.25)
 
     rng = np.random.default_rng(5)
     defect, clean, wide = _with_square(rng), textured(rng, 64), textured(rng, 80)[:48]
@@ -73,13 +73,13 @@ def test_the_segmenter_alone_learned_to_find_pasted_defects(fitted):
 def test_the_final_map_is_the_weighted_mean_of_the_two_calibrated_maps(fitted):
     method, _ = fitted
     images = [_with_square(np.random.default_rng(3)), textured(np.random.default_rng(4), 64)]
-    c = method.calibration_
+    c = method.model_.calibration
     with torch.inference_mode():
         x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
         x = F.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False)
         emb = method._embed(x)
         memory = method._distances(emb)
-        segmenter = method.segmenter_(method._standardised(emb))
+        segmenter = method.segmenter_(method.model_.standardised(emb))
         expected = 0.5 * (memory - c[0]) / c[1] + 0.5 * (segmenter - c[2]) / c[3]
         expected = F.interpolate(expected, size=(128, 128), mode="bilinear", align_corners=False)
         expected = gaussian_blur(expected[:, 0], 2.0)
@@ -107,9 +107,9 @@ def test_calibration_puts_held_out_normal_photos_at_mean_0_and_spread_1(normal_i
     with torch.inference_mode():
         (_, x), = method._shaped_batches(held, 16)  # resized the way the method sees photos
         emb = method._embed(x)
-        c = method.calibration_
+        c = method.model_.calibration
         memory = (method._distances(emb) - c[0]) / c[1]
-        segmenter = (method.segmenter_(method._standardised(emb)) - c[2]) / c[3]
+        segmenter = (method.segmenter_(method.model_.standardised(emb)) - c[2]) / c[3]
     for z in (memory, segmenter):
         assert float(z.mean()) == pytest.approx(0.0, abs=1e-4)
         assert float(z.std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)

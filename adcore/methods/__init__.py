@@ -1,4 +1,15 @@
-"""Detection methods, looked up by name: ``get_method_class``, ``build_method``, ``list_methods``."""
+"""Detection methods, looked up by name: ``get_method_class``, ``build_method``, ``list_methods``.
+
+A method is two things side by side in one module here: an ``nn.Module`` that holds everything
+fitted (networks as submodules; memories, statistics and calibration as buffers) and whose
+``forward`` maps (B, 3, H, W) float images in [0, 1] to a dict with ``scores`` (B,) and, where it
+has them, ``maps``, ``embeddings`` and ``reconstructions``; and a ``Method`` subclass, the fit
+wrapper (parameters, data, augmentations, progress, budget, cancel), whose ``_build`` sets
+``self.model_`` to the unfitted module and whose ``_fit`` fills it. Adding a method is that one
+file, decorated with ``@register_method``, plus its import line below: saving (the module's
+``state_dict``), strict loading, ONNX export and the contract tests (``tests/test_method_contract.py``)
+come from ``adcore.methods.base``.
+"""
 
 from __future__ import annotations
 

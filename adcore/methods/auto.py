@@ -44,6 +44,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -267,7 +268,6 @@ class Auto(Method):
         self.kept_features_: dict[tuple, tuple[list[dict], list[dict]]] = {}
         self.members_: list[Method] = []
         self.member_params_: list[dict[str, Any]] = []
-        self.calibration_ = torch.zeros(0, 2)
         self.image_members_: list[int] = [0]
         self.map_members_: list[int] = [0]
         self.selection_: dict[str, Any] = {}
@@ -578,7 +578,7 @@ class Auto(Method):
         where the hold-out photos say clearly that it separates the synthetic defects better: a
         smaller memory forgets rare normal patches, which can lift defects above them, or flag them.
         Returns the table row and the chosen memory's maps of the validation photos."""
-        full = member.bank_
+        full = member.model_.bank
         n_patches = getattr(member, "n_patches_", len(full) / MEMBER_CORESET)
         sizes = {share: max(1, min(len(full), round(n_patches * share))) for share in MEMORY_SHARES}
         if val_feats is None:
@@ -599,7 +599,7 @@ class Auto(Method):
         # Leave the default only on clear evidence: it matches the best in too few resamples.
         clear = best != default and results[default]["win"][part] <= 1 - self.config_["confidence"]
         chosen = best if clear and self.config_["memory"] == "choose" else default
-        member.bank_ = full[: sizes[chosen]].contiguous()
+        member.model_.bank = full[: sizes[chosen]].contiguous()
         row = {
             "member": member.config_["layers"] + f", neighbourhood {member.config_['neighbourhood']}",
             "judged by": part,
@@ -756,7 +756,12 @@ class Auto(Method):
                 member = self._refit(cand, k, share, fit_images, calibration_images, val_feats, sub)
             self.members_.append(member)
         self.kept_features_ = {}
-        self.calibration_ = calibration
+        self.model_ = self._new_model(calibration)
+
+    def _new_model(self, calibration: torch.Tensor) -> "ZScoreCombination":
+        """The inference module of the fitted (or built) ``members_``."""
+        return ZScoreCombination([m.model_ for m in self.members_], calibration, self.image_members_,
+                                 self.map_members_).to(self.device_)
 
     def _refit(self, cand: Candidate, k: int, share: float, fit_images, extra_images, val_feats,
                ctx: FitContext) -> PatchCore:
@@ -784,7 +789,7 @@ class Auto(Method):
         def combined(which: list[int]) -> list[np.ndarray]:
             if len(which) == 1:
                 return [np.asarray(m, np.float32) for m in parts[which[0]].anomaly_maps]
-            cal = [(float(self.calibration_[k][0]), float(self.calibration_[k][1])) for k in which]
+            cal = [(float(self.model_.calibration[k][0]), float(self.model_.calibration[k][1])) for k in which]
             return [np.mean([(parts[k].anomaly_maps[i] - mu) / sd for k, (mu, sd) in zip(which, cal)], 0).astype(np.float32)
                     for i in range(len(images))]
 
@@ -818,15 +823,22 @@ class Auto(Method):
         return out  # type: ignore[return-value]
 
     # -- persistence -----------------------------------------------------------------------------
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        state = {"calibration": self.calibration_.float()}
-        doc = json.dumps({"members": self.member_params_, "selection": self.selection_})
-        state["selection_json"] = torch.frombuffer(bytearray(doc.encode()), dtype=torch.uint8).clone()
-        for k, member in enumerate(self.members_):
-            state.update({f"member{k}.{key}": v for key, v in member.state_dict().items()})
-        return state
+    saved_alongside = ("selection_json",)
 
-    def _load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        return [m for member in self.members_ for m in member.frozen_modules()]
+
+    def _alongside_tensors(self) -> dict[str, torch.Tensor]:
+        doc = json.dumps({"members": self.member_params_, "selection": self.selection_})
+        return {"selection_json": torch.frombuffer(bytearray(doc.encode()), dtype=torch.uint8).clone()}
+
+    def _upgrade_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # Before the inference module held the members, member k's tensors were saved as "member{k}.*".
+        old = re.compile(r"^member(\d+)\.")
+        return {old.sub(r"members.\1.", k): v for k, v in state.items()}
+
+    def _build_saved(self, state: dict[str, torch.Tensor]) -> None:
+        self._build()
         doc = json.loads(bytes(state["selection_json"].cpu().numpy().tobytes()).decode())
         self.member_params_, self.selection_ = doc["members"], doc["selection"]
         # Runs saved before scores and maps were chosen apart combined every member for both.
@@ -834,22 +846,15 @@ class Auto(Method):
         self.image_members_ = self.selection_.get("image_members", every)
         self.map_members_ = self.selection_.get("map_members", every)
         self.members_ = []
-        for k, params in enumerate(self.member_params_):
-            prefix = f"member{k}."
-            sub = {key[len(prefix):]: v for key, v in state.items() if key.startswith(prefix)}
-            self.members_.append(_patchcore(params).load_state_dict(sub, self.device_))
-        self.calibration_ = state["calibration"].float().cpu()
+        for params in self.member_params_:
+            member = _patchcore(params)
+            member._set_up_unfitted(self.device_)
+            member._build()
+            self.members_.append(member)
+        self.model_ = self._new_model(torch.zeros(len(self.members_), 2))
 
     def run_details(self) -> dict[str, Any]:
         return {"selection": self.selection_}
-
-    def inference_module(self) -> torch.nn.Module:
-        """The chosen PatchCore's inference module, or for combined members their ``ZScoreCombination``."""
-        self._check_fitted()
-        modules = [m.inference_module() for m in self.members_]
-        if len(modules) == 1:
-            return modules[0]
-        return ZScoreCombination(modules, self.calibration_, self.image_members_, self.map_members_)
 
     def resize_rule(self) -> ResizeRule:
         return self.members_[0].resize_rule()
@@ -997,7 +1002,7 @@ def _shared_predict(members: list[PatchCore], images: Sequence[np.ndarray], batc
             features = lead._features(x)
             sizes = [images[i].shape[:2] for i in idx]
             for j, m in enumerate(members):
-                emb = patch_embedding({s: features[s] for s in m.strides_}, m.projection_, m.config_["neighbourhood"])
+                emb = patch_embedding({s: features[s] for s in m.strides_}, m.model_.projection, m.config_["neighbourhood"])
                 got = m._outputs(x, emb, m._distances(emb))
                 scores[j][idx] = got["scores"].double().cpu().numpy()
                 for i, e, up in zip(idx, got["embeddings"].float().cpu().numpy(), upsample_maps(got["maps"], sizes)):
@@ -1067,3 +1072,9 @@ class ZScoreCombination(torch.nn.Module):
             return outs[self.image_members[0]]["scores"], maps
         score_maps = maps if self.image_members == self.map_members else self._combined(outs, self.image_members, like)
         return score_maps.flatten(1).max(1).values, maps
+
+    def forward(self, x: torch.Tensor) -> dict:
+        """(B, 3, h, w) images at the network input shape -> the combined ``scores`` (B,) and ``maps``
+        (B, h, w) at that shape (``Auto.predict`` combines the maps at each photo's own size instead)."""
+        scores, maps = self.image_outputs(x, x[0, 0])
+        return {"scores": scores, "maps": maps}

@@ -144,9 +144,18 @@ class AutoencoderModel(nn.Module):
         self.loss, self.map_sigma = loss, map_sigma
         self.score_statistic, self.top_fraction = score_statistic, top_fraction
 
+    def raw_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) difference of images and their reconstructions, before the z-score."""
+        return difference_map(x, recon, self.loss, self.map_sigma)
+
+    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] -> the encoder's latent (B, latent_channels, S/16, S/16): lets a
+        student-teacher run use this autoencoder as its teacher."""
+        return self.net.encoder(x)
+
     def forward(self, x: torch.Tensor) -> dict:
         recon, z = self.net(x)
-        maps = (difference_map(x, recon, self.loss, self.map_sigma) - self.err_mean) / self.err_std
+        maps = (self.raw_map(x, recon) - self.err_mean) / self.err_std
         return {
             "scores": map_statistic(maps, self.score_statistic, self.top_fraction),
             "embeddings": F.adaptive_avg_pool2d(z, 1).flatten(1),
@@ -181,18 +190,25 @@ class Autoencoder(Method):
 
     def _build(self) -> None:
         cfg = self.config_
-        self.net_ = self._build_network().to(self.device_)
         size = cfg["image_size"]
         # Per-pixel statistics of the difference on normal images: the map is a z-score against them.
-        self.err_mean_ = torch.zeros(size, size, device=self.device_)
-        self.err_std_ = torch.ones(size, size, device=self.device_)
+        self.model_ = self._new_model(
+            self._build_network(), torch.zeros(size, size), torch.ones(size, size), loss=cfg["loss"],
+            map_sigma=cfg["map_sigma"], score_statistic=cfg["score_statistic"], top_fraction=cfg["top_fraction"],
+        ).to(self.device_)
+
+    @property
+    def net_(self) -> nn.Module:
+        """The network being trained (the inference module's)."""
+        return self.model_.net
+
+    def _new_model(self, *args, **kwargs) -> AutoencoderModel:
+        """The unfitted inference module (a subclass may extend the autoencoder's)."""
+        return AutoencoderModel(*args, **kwargs)
 
     def _build_network(self) -> nn.Module:
         """The network: ``net(x)`` returns (reconstruction, latent); ``net.encoder`` maps x to the latent."""
         return ConvAutoencoder(self.config_["width"], self.config_["latent_channels"])
-
-    def _raw_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-        return difference_map(x, recon, self.config_["loss"], self.config_["map_sigma"])
 
     def _fit(self, images: np.ndarray, ctx: FitContext) -> None:
         cfg = self.config_
@@ -226,11 +242,8 @@ class Autoencoder(Method):
         return self._reconstruction_loss(x, self.net_(x)[0])
 
     def dense_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) in [0, 1] -> the encoder's latent (B, latent_channels, S/16, S/16): lets a
-        student-teacher run use this autoencoder as its teacher."""
-        self._check_fitted()
-        self.net_.eval()
-        return self.net_.encoder(x)
+        """The inference module's ``dense_features``, in eval mode: what a student-teacher run learns from."""
+        return self.inference_module().eval().dense_features(x)
 
     def _fit_error_statistics(self, images: np.ndarray, ctx: FitContext) -> None:
         """Mean and spread of the raw difference at each pixel over the normal images."""
@@ -238,33 +251,10 @@ class Autoencoder(Method):
         with torch.inference_mode():
             for start in range(0, len(images), 64):
                 x = to_tensor(images[start : start + 64], self.device_)
-                maps.append(self._raw_map(x, self.net_(x)[0]))
+                maps.append(self.model_.raw_map(x, self.net_(x)[0]))
                 ctx.check_cancel()
         maps = torch.cat(maps)
-        self.err_mean_ = maps.mean(0)
-        std = maps.std(0) if len(maps) > 1 else torch.ones_like(self.err_mean_)
+        mean = maps.mean(0)
+        std = maps.std(0) if len(maps) > 1 else torch.ones_like(mean)
         # Floor the spread so pixels that happened to be easy do not explode.
-        self.err_std_ = torch.clamp(std, min=float(std.median()) * 0.5 + 1e-6)
-
-    def inference_module(self) -> AutoencoderModel:
-        """The fitted state and inference as one module (sharing this method's tensors, no copies)."""
-        self._check_fitted()
-        cfg = self.config_
-        self.net_.eval()
-        return AutoencoderModel(
-            self.net_, self.err_mean_, self.err_std_, loss=cfg["loss"], map_sigma=cfg["map_sigma"],
-            score_statistic=cfg["score_statistic"], top_fraction=cfg["top_fraction"],
-        )
-
-    def _predict_batch(self, x: torch.Tensor) -> dict:
-        return self.inference_module()(x)
-
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        state = {f"net.{k}": v for k, v in self.net_.state_dict().items()}
-        state["err_mean"], state["err_std"] = self.err_mean_, self.err_std_
-        return state
-
-    def _load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
-        self.net_.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
-        self.err_mean_, self.err_std_ = state["err_mean"], state["err_std"]
-        self.net_.eval()
+        self.model_.err_mean, self.model_.err_std = mean, torch.clamp(std, min=float(std.median()) * 0.5 + 1e-6)

@@ -196,8 +196,9 @@ class LossMeter:
 
 
 class Method:
-    """Base class: subclasses set the class attributes and implement ``_fit``, ``_predict_batch``,
-    ``_build`` (the modules for a given config) and optionally ``_extra_state``."""
+    """Base class: subclasses set the class attributes and implement ``_build`` (the unfitted
+    inference module ``model_`` for a given config) and ``_fit`` (the fit wrapper: data,
+    augmentations, progress, budget and cancel around filling ``model_``)."""
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
@@ -283,7 +284,7 @@ class Method:
 
     def predict(self, images: Sequence[np.ndarray], batch_size: int = 32) -> Prediction:
         """Scores, and embeddings/maps/reconstructions where the method has them, for HWC uint8 images."""
-        self._check_fitted()
+        self.inference_module().eval()
         n = len(images)
         scores = np.zeros(n)
         embeddings: list = [None] * n
@@ -319,14 +320,14 @@ class Method:
         """After epoch ``epoch`` (1-based) of ``epochs``: score ``ctx.monitor``'s images and add the
         distributions to the history, on ``ctx.snapshots`` evenly spread epochs (always the last).
 
-        Networks are put in eval mode for the scoring and restored after. A no-op without monitor images.
+        The inference module is put in eval mode for the scoring and each of its parts restored after.
+        A no-op without monitor images.
         """
         if not ctx.monitor or epoch not in snapshot_epochs(epochs, ctx.snapshots):
             return
-        modules = [m for m in vars(self).values() if isinstance(m, torch.nn.Module)]
-        modes = [m.training for m in modules]
-        for m in modules:
-            m.eval()
+        module = self.inference_module()
+        modes = [(m, m.training) for m in module.modules()]
+        module.eval()
         scores = {}
         try:
             with torch.inference_mode():
@@ -336,7 +337,7 @@ class Method:
                         values[idx] = self._predict_batch(x)["scores"].double().cpu().numpy()
                     scores[group] = values.tolist()
         finally:
-            for m, mode in zip(modules, modes):
+            for m, mode in modes:
                 m.train(mode)
         ctx.history.append(
             {"epoch": epoch, "phase": "epoch scores", "scores": scores, "elapsed_s": time.monotonic() - ctx.started}
@@ -353,20 +354,77 @@ class Method:
         method's selection table), as JSON-able values under their own keys; nothing by default."""
         return {}
 
-    # -- persistence ---------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything learned, as plain tensors (saved with safetensors, never pickled)."""
+    # -- the fitted model and its persistence ---------------------------------------------------
+    def inference_module(self) -> torch.nn.Module:
+        """The fitted state and inference as one ``nn.Module`` (``model_``, built by ``_build`` and
+        filled by ``_fit``): networks as submodules, memories, statistics and calibration as buffers.
+        ``forward`` maps (B, 3, H, W) float images in [0, 1] at the network input shape to a dict with
+        ``scores`` (B,) and, where the method has them, ``maps`` (B, H, W), ``embeddings`` (B, D) and
+        ``reconstructions`` (B, 3, H, W). What is saved is its ``state_dict``."""
         self._check_fitted()
-        return {k: v.detach().cpu().contiguous() for k, v in self._state_tensors().items()}
+        return self.model_
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        """Parts of the inference module whose weights come from an installed package (frozen ImageNet
+        backbones, ``adcore.backbones``): not saved; one marker tensor ``<prefix><name>`` records which
+        network it was, so loading can refuse a model whose network is not the one built now."""
+        return []
+
+    saved_alongside: ClassVar[tuple[str, ...]] = ()  # key prefixes of tensors saved beside the module's
+
+    def _alongside_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors saved beside the module's state, under the ``saved_alongside`` prefixes: what
+        ``_build_saved`` needs to build the module before its state loads (JSON as uint8, markers)."""
+        return {}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything learned, as plain tensors (saved with safetensors, never pickled): the inference
+        module's ``state_dict`` without the frozen networks' weights (a marker each instead), and the
+        ``_alongside_tensors``."""
+        module = self.inference_module()
+        frozen = _frozen_prefixes(module, self.frozen_modules())
+        state = {k: v for k, v in module.state_dict().items() if not k.startswith(tuple(frozen))}
+        state.update({prefix + name: torch.ones(1) for prefix, name in frozen.items()})
+        state.update(self._alongside_tensors())
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device | None = None) -> "Method":
-        """Rebuild the networks from the parameters and load learned tensors into them."""
+        """Build the inference module from the parameters (and ``_build_saved``'s reading of ``state``),
+        then load ``state`` into it strictly: a missing or unexpected tensor is an error."""
+        self._set_up_unfitted(device)
+        state = self._upgrade_state(dict(state))
+        self._build_saved(state)
+        module = self.inference_module()
+        own = module.state_dict()
+        state = {k: v for k, v in state.items() if not k.startswith(self.saved_alongside)}
+        for prefix, name in _frozen_prefixes(module, self.frozen_modules()).items():
+            saved = [k[len(prefix):] for k in state if k.startswith(prefix)]
+            if saved != [name]:
+                raise ValueError(
+                    f"this model was fitted on {saved or 'an unknown'} backbone features but {name} was loaded "
+                    "(were the ResNet-18 weights added to or removed from the torch cache since?)"
+                )
+            state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+            state.update({k: v for k, v in own.items() if k.startswith(prefix)})  # the installed weights
+        module.load_state_dict(state, strict=True)
+        module.eval()
+        return self
+
+    def _set_up_unfitted(self, device: torch.device | None) -> None:
+        """The parameters and device of a method about to be built for loading (no seeds, no augmentations)."""
         self.config_ = self.get_params()
         self.device_ = device or pick_device()
         self.augmentations_ = []
+
+    def _upgrade_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A state saved by an older adcore, in today's key layout: where a method's layout changed, its
+        old keys are mapped here (one place per method). Today's layout passes unchanged."""
+        return state
+
+    def _build_saved(self, state: dict[str, torch.Tensor]) -> None:
+        """Build the unfitted inference module that ``state`` loads into; by default as ``fit`` does
+        (``_build``). A method whose module's make-up is stored with it reads it from ``state``."""
         self._build()
-        self._load_state_tensors({k: v.to(self.device_) for k, v in state.items()})
-        return self
 
     # -- for subclasses ------------------------------------------------------------------------
     def _build(self) -> None:
@@ -378,18 +436,18 @@ class Method:
 
     def _predict_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
         """``x`` is (B, 3, S, S) float in [0, 1]; returns scores (B,) and optional embeddings (B, D),
-        maps (B, h, w) and reconstructions (B, 3, S, S)."""
-        raise NotImplementedError
-
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def _load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
-        raise NotImplementedError
+        maps (B, h, w) and reconstructions (B, 3, S, S): the inference module's outputs."""
+        return self.inference_module()(x)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "config_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or load a run first")
+
+
+def _frozen_prefixes(module: torch.nn.Module, frozen: Sequence[torch.nn.Module]) -> dict[str, str]:
+    """``{"<path in module>.": network name}`` of each frozen network (``Method.frozen_modules``) in ``module``."""
+    ids = {id(m) for m in frozen}
+    return {f"{path}.": m.name for path, m in module.named_modules(remove_duplicate=False) if id(m) in ids}
 
 
 def snapshot_epochs(epochs: int, count: int) -> set[int]:

@@ -7,19 +7,19 @@ import copy
 
 import numpy as np
 import torch
+from torch import nn
 
 from adcore.encoders import (
     EncoderFeatures,
+    EncoderModel,
     ENCODER_PARAMS,
     OPTIM_PARAMS,
     GaussianDensity,
     build_encoder,
-    load_parts,
     make_optimizer,
     mlp_head,
     prepared_uint8,
     scheduled_step,
-    state_of_parts,
     time_one_pass,
 )
 from adcore.losses import KeyQueue, info_nce, margin_contrastive, momentum_update, nt_xent, triplet
@@ -33,7 +33,19 @@ from adcore.methods.base import (
 from adcore.methods.epochs import TrainingClock, train_epochs
 from adcore.registry import Param
 
-PARTS = ("encoder", "head", "gaussian")  # what is saved (the momentum encoder and queue are not)
+class ContrastiveModel(EncoderModel):
+    """A fitted contrastive encoder's inference: the encoder and its projection head (submodules) and
+    the ``gaussian`` of the normal images' embeddings. ``forward`` maps (B, 3, S, S) float images in
+    [0, 1] to ``scores`` (B,), the Mahalanobis distance of each embedding, and the ``embeddings``.
+    (The MoCo momentum encoder and key queue only serve training and are not part of it.)"""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, *, normalize: str) -> None:
+        super().__init__(encoder, head, normalize=normalize)
+        self.gaussian = GaussianDensity(encoder.embedding_dim)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        embedding = self.encoder(self.input(x)).embedding
+        return {"scores": self.gaussian(embedding), "embeddings": embedding}
 
 
 @register_method
@@ -76,11 +88,9 @@ class Contrastive(EncoderFeatures, Method):
     # -- building --------------------------------------------------------------------------------
     def _build(self) -> None:
         cfg = self.config_
-        self.encoder_, self.encoder_name_ = build_encoder(cfg)
-        self.encoder_.to(self.device_)
-        dim = self.encoder_.embedding_dim
-        self.head_ = mlp_head(dim, cfg["head_dim"], cfg["projection_dim"], cfg["head_layers"]).to(self.device_)
-        self.gaussian_ = GaussianDensity(dim).to(self.device_)
+        encoder, self.encoder_name_ = build_encoder(cfg)
+        head = mlp_head(encoder.embedding_dim, cfg["head_dim"], cfg["projection_dim"], cfg["head_layers"])
+        self.model_ = ContrastiveModel(encoder, head, normalize=cfg["normalize"]).to(self.device_)
 
     # -- training --------------------------------------------------------------------------------
     def _loss(self, query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor | None) -> torch.Tensor:
@@ -124,7 +134,7 @@ class Contrastive(EncoderFeatures, Method):
         train_epochs(self, ctx, len(images), scheduled_step(opt, cfg, clock, batch_loss), stop_after=clock.done)
         encoder.eval()
         head.eval()
-        self.gaussian_.fit(self._embed(images, ctx))
+        self.model_.gaussian.fit(self._embed(images, ctx))
 
     def _embed(self, images: np.ndarray, ctx: FitContext | None = None) -> torch.Tensor:
         """(N, D) encoder embeddings of (N, S, S, 3) uint8 images, in eval mode."""
@@ -139,16 +149,3 @@ class Contrastive(EncoderFeatures, Method):
                     ctx.report(step=done, total_steps=len(images), images=done, phase="fitting the Gaussian")
         self.encoder_.train(was_training)
         return torch.cat(out)
-
-    # -- scoring ---------------------------------------------------------------------------------
-    def _predict_batch(self, x: torch.Tensor) -> dict:
-        self.encoder_.eval()
-        embedding = self.encoder_(self._input(x)).embedding
-        return {"scores": self.gaussian_(embedding), "embeddings": embedding}
-
-    # -- persistence -----------------------------------------------------------------------------
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return state_of_parts(self, PARTS)
-
-    def _load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
-        load_parts(self, state, PARTS)

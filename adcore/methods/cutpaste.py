@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from adcore.augment import apply
 from adcore.encoders import (
     EncoderFeatures,
+    EncoderModel,
     ENCODER_PARAMS,
     OPTIM_PARAMS,
     GaussianDensity,
@@ -19,10 +21,8 @@ from adcore.encoders import (
     make_optimizer,
     mlp_head,
     patch_grid,
-    load_parts,
     prepared_uint8,
     scheduled_step,
-    state_of_parts,
     time_one_pass,
 )
 from adcore.methods.base import (
@@ -43,7 +43,41 @@ VARIANTS = {"binary": ("normal", "cutpaste"), "scar": ("normal", "cutpaste_scar"
 AREA = (0.02, 0.15)
 PATCH_ROWS = 4096  # patches encoded at once when scoring
 MAX_GAUSSIAN_ROWS = 100_000  # normal patch embeddings the Gaussian is fitted on (a random subset beyond)
-PARTS = ("encoder", "head", "image_gaussian", "patch_gaussian")  # what is saved
+
+
+class CutPasteModel(EncoderModel):
+    """A fitted CutPaste's inference: the encoder and its classifier head (submodules) and the
+    Gaussians of the normal images' whole-image and patch embeddings (``image_gaussian``,
+    ``patch_gaussian``). ``forward`` maps (B, 3, S, S) float images in [0, 1] to ``scores`` (B,),
+    ``maps`` (B, S, S: each pixel the mean score of the patches covering it, smoothed) and the
+    whole-image ``embeddings``."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, *, normalize: str, patch_size: int,
+                 patch_stride: int, map_sigma: float, image_score: str) -> None:
+        super().__init__(encoder, head, normalize=normalize)
+        self.image_gaussian = GaussianDensity(encoder.embedding_dim)
+        self.patch_gaussian = GaussianDensity(encoder.embedding_dim)
+        self.patch_size, self.patch_stride, self.map_sigma = patch_size, patch_stride, map_sigma
+        self.image_score = image_score
+
+    def patch_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepared (B, 3, S, S) -> (B * n * n, D) embeddings of its patches, row by row."""
+        patches = extract_patches(x, self.patch_size, self.patch_stride)
+        chunks = [patches[i : i + PATCH_ROWS] for i in range(0, len(patches), PATCH_ROWS)]
+        return torch.cat([self.encoder(chunk).embedding for chunk in chunks])
+
+    def forward(self, x: torch.Tensor) -> dict:
+        x = self.input(x)
+        size = x.shape[-1]
+        embedding = self.encoder(x).embedding
+        n = patch_grid(size, min(self.patch_size, size), self.patch_stride)
+        patch_scores = self.patch_gaussian(self.patch_embeddings(x)).view(len(x), n, n)
+        maps = gaussian_blur(assemble_map(patch_scores, size, self.patch_size, self.patch_stride), self.map_sigma)
+        if self.image_score == "patch_max":
+            scores = patch_scores.flatten(1).max(1).values
+        else:
+            scores = self.image_gaussian(embedding)
+        return {"scores": scores, "embeddings": embedding, "maps": maps}
 
 
 @register_method
@@ -84,12 +118,12 @@ class CutPaste(EncoderFeatures, Method):
     # -- building --------------------------------------------------------------------------------
     def _build(self) -> None:
         cfg = self.config_
-        self.encoder_, self.encoder_name_ = build_encoder(cfg)
-        self.encoder_.to(self.device_)
-        dim = self.encoder_.embedding_dim
-        self.head_ = mlp_head(dim, cfg["head_dim"], len(VARIANTS[cfg["variant"]]), cfg["head_layers"]).to(self.device_)
-        self.image_gaussian_ = GaussianDensity(dim).to(self.device_)
-        self.patch_gaussian_ = GaussianDensity(dim).to(self.device_)
+        encoder, self.encoder_name_ = build_encoder(cfg)
+        head = mlp_head(encoder.embedding_dim, cfg["head_dim"], len(VARIANTS[cfg["variant"]]), cfg["head_layers"])
+        self.model_ = CutPasteModel(
+            encoder, head, normalize=cfg["normalize"], patch_size=cfg["patch_size"], patch_stride=cfg["patch_stride"],
+            map_sigma=cfg["map_sigma"], image_score=cfg["image_score"],
+        ).to(self.device_)
 
     # -- training --------------------------------------------------------------------------------
     def _crop_size(self) -> int:
@@ -156,7 +190,7 @@ class CutPaste(EncoderFeatures, Method):
             for start in range(0, len(images), 32):
                 x = self._input(to_tensor(images[start : start + 32], self.device_))
                 whole.append(self.encoder_(x).embedding)
-                patches.append(self._patch_embeddings(x))
+                patches.append(self.model_.patch_embeddings(x))
                 if ctx is not None:
                     ctx.report(step=min(start + 32, len(images)), total_steps=len(images),
                                images=min(start + 32, len(images)), phase="fitting the Gaussian")
@@ -168,36 +202,5 @@ class CutPaste(EncoderFeatures, Method):
         if len(patches) > MAX_GAUSSIAN_ROWS:
             keep = torch.from_numpy(self.rng_.choice(len(patches), MAX_GAUSSIAN_ROWS, replace=False))
             patches = patches[keep.to(patches.device)]
-        self.image_gaussian_.fit(whole)
-        self.patch_gaussian_.fit(patches)
-
-    # -- scoring ---------------------------------------------------------------------------------
-    def _patch_embeddings(self, x: torch.Tensor) -> torch.Tensor:
-        """Prepared (B, 3, S, S) -> (B * n * n, D) embeddings of its patches, row by row."""
-        cfg = self.config_
-        patches = extract_patches(x, cfg["patch_size"], cfg["patch_stride"])
-        chunks = [patches[i : i + PATCH_ROWS] for i in range(0, len(patches), PATCH_ROWS)]
-        return torch.cat([self.encoder_(chunk).embedding for chunk in chunks])
-
-    def _predict_batch(self, x: torch.Tensor) -> dict:
-        cfg = self.config_
-        self.encoder_.eval()
-        x = self._input(x)
-        size = x.shape[-1]
-        embedding = self.encoder_(x).embedding
-        n = patch_grid(size, min(cfg["patch_size"], size), cfg["patch_stride"])
-        patch_scores = self.patch_gaussian_(self._patch_embeddings(x)).view(len(x), n, n)
-        maps = gaussian_blur(assemble_map(patch_scores, size, cfg["patch_size"], cfg["patch_stride"]), cfg["map_sigma"])
-        if cfg["image_score"] == "patch_max":
-            scores = patch_scores.flatten(1).max(1).values
-        else:
-            scores = self.image_gaussian_(embedding)
-        return {"scores": scores, "embeddings": embedding, "maps": maps}
-
-    # -- persistence -----------------------------------------------------------------------------
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return state_of_parts(self, PARTS)
-
-    def _load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
-        load_parts(self, state, PARTS)
-
+        self.model_.image_gaussian.fit(whole)
+        self.model_.patch_gaussian.fit(patches)

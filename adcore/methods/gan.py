@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm
 
-from adcore.methods.autoencoder import Autoencoder
+from adcore.methods.autoencoder import Autoencoder, AutoencoderModel
 from adcore.methods.base import FitContext, augment_batch, register_method, to_tensor
 from adcore.methods.epochs import train_epochs
 from adcore.registry import Param
@@ -50,6 +50,30 @@ def _bce(logits: torch.Tensor, label: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
 
 
+class OGNetModel(AutoencoderModel):
+    """A fitted OGNet's inference: the autoencoder's (generator, per-pixel difference statistics),
+    the discriminator (submodule) and the normal images' mean and spread of the two score parts
+    (``score_stats``: reconstruction mean, std, discriminator mean, std). The maps are the
+    autoencoder's; the score mixes both parts, each standardised, by ``discriminator_weight``."""
+
+    def __init__(self, *args, discriminator: nn.Module, discriminator_weight: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.disc = discriminator
+        self.register_buffer("score_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+        self.discriminator_weight = discriminator_weight
+
+    def score_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Reconstruction score (B,), discriminator anomaly logit (B,), and the autoencoder's outputs."""
+        out = super().forward(x)
+        return out["scores"], -self.disc(x), out
+
+    def forward(self, x: torch.Tensor) -> dict:
+        recon_score, disc_score, out = self.score_parts(x)
+        s, w = self.score_stats, self.discriminator_weight
+        out["scores"] = (1 - w) * (recon_score - s[0]) / s[1] + w * (disc_score - s[2]) / s[3]
+        return out
+
+
 @register_method
 class OGNet(Autoencoder):
     name = "ognet"
@@ -71,10 +95,15 @@ class OGNet(Autoencoder):
               "discriminator's anomaly logit, each standardised on the normal training images.", 0.0, 1.0),
     ]
 
-    def _build(self) -> None:
-        super()._build()
-        self.disc_ = Discriminator(self.config_["width"]).to(self.device_)
-        self.score_stats_ = torch.tensor([0.0, 1.0, 0.0, 1.0], device=self.device_)
+    def _new_model(self, *args, **kwargs) -> OGNetModel:
+        cfg = self.config_
+        return OGNetModel(*args, discriminator=Discriminator(cfg["width"]),
+                          discriminator_weight=cfg["discriminator_weight"], **kwargs)
+
+    @property
+    def disc_(self) -> nn.Module:
+        """The discriminator being trained (the inference module's)."""
+        return self.model_.disc
 
     # -- learning ------------------------------------------------------------------------------
     def _fit(self, images: np.ndarray, ctx: FitContext) -> None:
@@ -154,39 +183,14 @@ class OGNet(Autoencoder):
         parts = []
         with torch.inference_mode():
             for start in range(0, len(images), 64):
-                parts.append(torch.stack(self._score_parts(to_tensor(images[start : start + 64], self.device_))[:2], 1))
+                parts.append(torch.stack(self.model_.score_parts(to_tensor(images[start : start + 64], self.device_))[:2], 1))
                 ctx.check_cancel()
         parts = torch.cat(parts)
         mean, std = parts.mean(0), parts.std(0).nan_to_num(1.0).clamp_min(1e-6)
-        self.score_stats_ = torch.stack([mean[0], std[0], mean[1], std[1]])
+        self.model_.score_stats = torch.stack([mean[0], std[0], mean[1], std[1]])
 
     # -- scoring -------------------------------------------------------------------------------
-    def _score_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Reconstruction score (B,), discriminator anomaly logit (B,), and the autoencoder's outputs."""
-        out = super()._predict_batch(x)
-        return out["scores"], -self.disc_(x), out
-
-    def _predict_batch(self, x: torch.Tensor) -> dict:
-        self.disc_.eval()
-        recon_score, disc_score, out = self._score_parts(x)
-        s, w = self.score_stats_, self.config_["discriminator_weight"]
-        out["scores"] = (1 - w) * (recon_score - s[0]) / s[1] + w * (disc_score - s[2]) / s[3]
-        return out
-
     def discriminator_scores(self, images: np.ndarray) -> np.ndarray:
         """The discriminator's anomaly logits for (N, S, S, 3) uint8 images (for checking training)."""
         with torch.inference_mode():
             return (-self.disc_(to_tensor(images, self.device_))).double().cpu().numpy()
-
-    # -- persistence ---------------------------------------------------------------------------
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        state = super()._state_tensors()
-        state.update({f"disc.{k}": v for k, v in self.disc_.state_dict().items()})
-        state["score_stats"] = self.score_stats_
-        return state
-
-    def _load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
-        super()._load_state_tensors(state)
-        self.disc_.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("disc.")})
-        self.score_stats_ = state["score_stats"]
-        self.disc_.eval()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adcore.backbones import BACKBONES, load_backbone
-from adcore.encoders import normalize_exposure
+from adcore.encoders import GaussianDensity, normalize_exposure
 from adcore.methods.base import (
     COMMON_PARAMS,
     FitContext,
@@ -84,8 +84,17 @@ class PretrainedFeatures(Method):
         return common + cls.common_feature_params + cls.params
 
     def _build(self) -> None:
+        # The frozen network and the strides it is read at; subclasses build ``model_`` around them.
         self.backbone_ = load_backbone(self.config_["backbone"]).to(self.device_)
         self.strides_ = parse_layers(self.config_["layers"])
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.backbone_]
+
+    def _feature_options(self) -> dict:
+        """How the inference module reads the frozen network: strides, exposure normalisation, edges."""
+        cfg = self.config_
+        return {"strides": self.strides_, "normalize": cfg["normalize"], "edge_padding": cfg["edge_padding"]}
 
     def resize_rule(self) -> ResizeRule:
         return ResizeRule(self.config_["image_size"], keep_aspect=self.config_["keep_aspect"])
@@ -137,19 +146,6 @@ class PretrainedFeatures(Method):
             ctx.report(step=step, total_steps=total, images=seen, phase=phase)
             if ctx.out_of_budget() and step < total:
                 break
-
-    def _check_backbone(self, state: dict[str, torch.Tensor]) -> None:
-        built = self.backbone_.name
-        if f"backbone.{built}" not in state:
-            saved = [k.split(".", 1)[1] for k in state if k.startswith("backbone.")]
-            raise ValueError(
-                f"this model was fitted on {saved or 'an unknown'} backbone features but {built} was loaded "
-                "(were the ResNet-18 weights added to or removed from the torch cache since?)"
-            )
-
-    def _backbone_marker(self) -> dict[str, torch.Tensor]:
-        # Which backbone was really used (load_backbone may fall back), so loading can check it.
-        return {f"backbone.{self.backbone_.name}": torch.ones(1)}
 
 
 def backbone_features(
@@ -325,6 +321,13 @@ class PatchCoreModel(nn.Module):
         self.strides, self.normalize, self.edge_padding = list(strides), normalize, edge_padding
         self.neighbourhood, self.neighbours, self.map_sigma = neighbourhood, neighbours, map_sigma
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # The memory's length was chosen by fitting: an unfitted module takes the stored one.
+        bank = state_dict.get(prefix + "bank")
+        if bank is not None and bank.shape != self.bank.shape:
+            self.bank = self.bank.new_empty(bank.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, D, h, w) locally aware patch embeddings."""
         features = backbone_features(self.backbone, x, self.strides, self.normalize, self.edge_padding)
@@ -379,26 +382,25 @@ class PatchCore(PretrainedFeatures):
 
     def _build(self) -> None:
         super()._build()
-        channels = sum(self.backbone_.channels[s] for s in self.strides_)
-        dim = self.config_["projection_dim"]
-        self.projection_ = None
-        if dim and dim < channels:
-            gen = torch.Generator().manual_seed(self.config_["seed"])
-            self.projection_ = (torch.randn(channels, dim, generator=gen) / math.sqrt(dim)).to(self.device_)
-        self.bank_ = torch.zeros(0, dim if self.projection_ is not None else channels, device=self.device_)
-
-    def inference_module(self) -> PatchCoreModel:
-        """The fitted state and inference as one module (sharing this method's tensors, no copies)."""
-        self._check_fitted()
         cfg = self.config_
-        return PatchCoreModel(
-            self.backbone_, self.bank_, self.projection_, strides=self.strides_, normalize=cfg["normalize"],
-            edge_padding=cfg["edge_padding"], neighbourhood=cfg["neighbourhood"], neighbours=cfg["neighbours"],
-            map_sigma=cfg["map_sigma"],
-        )
+        channels = sum(self.backbone_.channels[s] for s in self.strides_)
+        dim = cfg["projection_dim"]
+        projection = None
+        if dim and dim < channels:
+            gen = torch.Generator().manual_seed(cfg["seed"])
+            projection = (torch.randn(channels, dim, generator=gen) / math.sqrt(dim)).to(self.device_)
+        bank = torch.zeros(0, dim if projection is not None else channels, device=self.device_)
+        self.model_ = self._new_model(
+            self.backbone_, bank, projection, **self._feature_options(), neighbourhood=cfg["neighbourhood"],
+            neighbours=cfg["neighbours"], map_sigma=cfg["map_sigma"],
+        ).to(self.device_)
+
+    def _new_model(self, *args, **kwargs) -> PatchCoreModel:
+        """The unfitted inference module (a subclass may extend PatchCore's)."""
+        return PatchCoreModel(*args, **kwargs)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inference_module().embed(x)
+        return self.model_.embed(x)
 
     def _fit(self, images: Sequence[np.ndarray], ctx: FitContext) -> None:
         patches, seen, share = [], 0, 1.0
@@ -443,35 +445,41 @@ class PatchCore(PretrainedFeatures):
             return ctx.out_of_budget()
 
         if n_keep >= len(patches):
-            self.bank_ = patches.contiguous()
+            self.model_.bank = patches.contiguous()
         else:
             idx = greedy_coreset(patches, n_keep, seed=cfg["seed"], on_step=on_step)
-            self.bank_ = patches[idx.to(patches.device)].contiguous()
+            self.model_.bank = patches[idx.to(patches.device)].contiguous()
         ctx.report(step=n_keep, total_steps=n_keep, images=n_images, phase="selecting coreset")
 
     def _distances(self, emb: torch.Tensor) -> torch.Tensor:
-        return self.inference_module().distances(emb)
+        return self.model_.distances(emb)
 
     def _outputs(self, x: torch.Tensor, emb: torch.Tensor, patch_scores: torch.Tensor) -> dict:
-        return self.inference_module().outputs(x, emb, patch_scores)
-
-    def _predict_batch(self, x: torch.Tensor) -> dict:
-        return self.inference_module()(x)
-
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        state = {"bank": self.bank_, **self._backbone_marker()}
-        if self.projection_ is not None:
-            state["projection"] = self.projection_
-        return state
-
-    def _load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
-        self._check_backbone(state)
-        self.bank_ = state["bank"].float()
-        if self.projection_ is not None:
-            self.projection_ = state["projection"].float()
+        return self.model_.outputs(x, emb, patch_scores)
 
 
 # -- Gaussian of pooled features -------------------------------------------------------------------
+
+class PooledGaussianModel(GaussianDensity):
+    """A fitted Gaussian of pooled features: the frozen backbone (submodule) and the normal photos'
+    ``location`` and ``precision`` (buffers). ``forward`` maps (B, 3, H, W) float images in [0, 1] to
+    ``scores`` (B,), the Mahalanobis distance of each photo's pooled features, and those
+    ``embeddings`` (B, D)."""
+
+    def __init__(self, backbone: nn.Module, *, strides: Sequence[int], normalize: str, edge_padding: str) -> None:
+        super().__init__(sum(backbone.channels[s] for s in strides))
+        self.backbone = backbone
+        self.strides, self.normalize, self.edge_padding = list(strides), normalize, edge_padding
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D): each feature map averaged over the photo, concatenated."""
+        features = backbone_features(self.backbone, x, self.strides, self.normalize, self.edge_padding)
+        return torch.cat([features[s].mean((2, 3)) for s in sorted(features)], 1)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        emb = self.embed(x)
+        return {"scores": super().forward(emb), "embeddings": emb}
+
 
 @register_method
 class PretrainedGaussian(PretrainedFeatures):
@@ -487,32 +495,9 @@ class PretrainedGaussian(PretrainedFeatures):
 
     def _build(self) -> None:
         super()._build()
-        dim = sum(self.backbone_.channels[s] for s in self.strides_)
-        self.location_ = torch.zeros(dim, device=self.device_)
-        self.precision_ = torch.eye(dim, device=self.device_)
-
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        features = self._features(x)
-        return torch.cat([features[s].mean((2, 3)) for s in sorted(features)], 1)
+        self.model_ = PooledGaussianModel(self.backbone_, **self._feature_options()).to(self.device_)
 
     def _fit(self, images: np.ndarray, ctx: FitContext) -> None:
-        from adcore.scoring import build_scorer
-
         with torch.inference_mode():
-            embeddings = torch.cat([self._embed(x) for x in self._each_batch(images, ctx, "extracting features")])
-        gaussian = build_scorer("gaussian").fit(embeddings.double().cpu().numpy())
-        self.location_ = torch.from_numpy(gaussian.location_).float().to(self.device_)
-        self.precision_ = torch.from_numpy(gaussian.precision_).float().to(self.device_)
-
-    def _predict_batch(self, x: torch.Tensor) -> dict:
-        emb = self._embed(x)
-        d = emb - self.location_
-        scores = torch.einsum("bi,ij,bj->b", d, self.precision_, d).clamp_min(0).sqrt()
-        return {"scores": scores, "embeddings": emb}
-
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"location": self.location_, "precision": self.precision_, **self._backbone_marker()}
-
-    def _load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
-        self._check_backbone(state)
-        self.location_, self.precision_ = state["location"].float(), state["precision"].float()
+            embeddings = torch.cat([self.model_.embed(x) for x in self._each_batch(images, ctx, "extracting features")])
+        self.model_.fit(embeddings)

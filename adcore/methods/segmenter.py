@@ -20,7 +20,7 @@ from torch import nn
 from adcore.augment import compose
 from adcore.methods.base import FitContext, register_method, resize_to, snapshot_epochs, to_tensor
 from adcore.methods.epochs import train_epochs
-from adcore.methods.patchcore import PatchCore
+from adcore.methods.patchcore import PatchCore, PatchCoreModel
 from adcore.registry import Param
 
 CALIBRATION_SHARE = 0.1  # normal photos kept out of training to put both maps on one scale
@@ -35,6 +35,32 @@ def segmenter_head(channels: int, width: int) -> nn.Sequential:
         nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
         nn.Conv2d(width, 1, 1),
     )
+
+
+class SegmenterModel(PatchCoreModel):
+    """A fitted PatchCore + segmenter's inference: PatchCore's (backbone, memory), the segmenter head
+    (submodule), the per-channel ``feature_mean`` and ``feature_std`` it standardises the patch
+    features by, and the ``calibration`` (buffers: mean and std of the memory's and the segmenter's
+    patch scores on held-out normal photos). The map mixes the two z-scored maps by ``segmenter_weight``."""
+
+    def __init__(self, *args, segmenter: nn.Module, segmenter_weight: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        dim = self.bank.shape[1]
+        self.segmenter = segmenter
+        self.register_buffer("feature_mean", torch.zeros(dim))
+        self.register_buffer("feature_std", torch.ones(dim))
+        self.register_buffer("calibration", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+        self.segmenter_weight = segmenter_weight
+
+    def standardised(self, emb: torch.Tensor) -> torch.Tensor:
+        return (emb - self.feature_mean[:, None, None]) / self.feature_std[:, None, None]
+
+    def forward(self, x: torch.Tensor) -> dict:
+        emb = self.embed(x)
+        c, weight = self.calibration, self.segmenter_weight
+        memory = (self.distances(emb) - c[0]) / c[1]
+        segmenter = (self.segmenter(self.standardised(emb)) - c[2]) / c[3]
+        return self.outputs(x, emb, (1 - weight) * memory + weight * segmenter)
 
 
 @register_method
@@ -65,15 +91,15 @@ class PatchCoreSegmenter(PatchCore):
     # Without a pasting step there is nothing for the segmenter to learn.
     _PASTING = ("cutpaste", "cutpaste_scar")
 
-    def _build(self) -> None:
-        super()._build()
-        dim = self.bank_.shape[1]
-        self.segmenter_ = segmenter_head(dim, self.config_["segmenter_width"]).to(self.device_)
-        # Per-channel standardisation of the features the segmenter sees, and the (mean, std) of the
-        # memory's and the segmenter's patch scores on normal photos kept out of training.
-        self.feature_mean_ = torch.zeros(dim, device=self.device_)
-        self.feature_std_ = torch.ones(dim, device=self.device_)
-        self.calibration_ = torch.tensor([0.0, 1.0, 0.0, 1.0], device=self.device_)
+    def _new_model(self, backbone: nn.Module, bank: torch.Tensor, *args, **kwargs) -> SegmenterModel:
+        cfg = self.config_
+        return SegmenterModel(backbone, bank, *args, segmenter=segmenter_head(bank.shape[1], cfg["segmenter_width"]),
+                              segmenter_weight=cfg["segmenter_weight"], **kwargs)
+
+    @property
+    def segmenter_(self) -> nn.Module:
+        """The segmenter head being trained (the inference module's)."""
+        return self.model_.segmenter
 
     # -- training --------------------------------------------------------------------------------
     def _fit(self, images: Sequence[np.ndarray], ctx: FitContext) -> None:
@@ -89,8 +115,8 @@ class PatchCoreSegmenter(PatchCore):
         # With fewer than 3 photos none can be spared: calibrate on the training photos (scores biased low).
         self.calibration_images_ = [images[i] for i in order[:n_cal]] or train
         super()._fit(train, ctx)
-        self.feature_mean_ = self.bank_.mean(0)
-        self.feature_std_ = self.bank_.std(0, unbiased=False).clamp_min(1e-6)
+        bank = self.model_.bank
+        self.model_.feature_mean, self.model_.feature_std = bank.mean(0), bank.std(0, unbiased=False).clamp_min(1e-6)
         self._calibrate_memory()
         self._train_segmenter(train, ctx)
         self._calibrate_segmenter()
@@ -109,7 +135,7 @@ class PatchCoreSegmenter(PatchCore):
             loss, count = 0.0, 0
             for x, target in self._defect_batches([images[i] for i in idx]):
                 with torch.no_grad():
-                    emb = self._standardised(self._embed(x))
+                    emb = self.model_.standardised(self._embed(x))
                 logits = head(emb)
                 cells = F.adaptive_avg_pool2d(target[:, None], logits.shape[-2:])
                 # Positives are rare (a few patches per defect photo): weigh them up, as DRAEM's focal loss does.
@@ -151,9 +177,6 @@ class PatchCoreSegmenter(PatchCore):
         super().record_epoch_scores(ctx, epoch, epochs)
 
     # -- calibration -----------------------------------------------------------------------------
-    def _standardised(self, emb: torch.Tensor) -> torch.Tensor:
-        return (emb - self.feature_mean_[:, None, None]) / self.feature_std_[:, None, None]
-
     def _calibration_scores(self, score: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         with torch.inference_mode():
             parts = [score(self._embed(x)).flatten() for _, x in self._shaped_batches(self.calibration_images_, 16)]
@@ -161,31 +184,10 @@ class PatchCoreSegmenter(PatchCore):
 
     def _calibrate_memory(self) -> None:
         values = self._calibration_scores(self._distances)
-        self.calibration_[0], self.calibration_[1] = values.mean(), values.std(unbiased=False).clamp_min(1e-6)
+        c = self.model_.calibration
+        c[0], c[1] = values.mean(), values.std(unbiased=False).clamp_min(1e-6)
 
     def _calibrate_segmenter(self) -> None:
-        values = self._calibration_scores(lambda emb: self.segmenter_(self._standardised(emb)))
-        self.calibration_[2], self.calibration_[3] = values.mean(), values.std(unbiased=False).clamp_min(1e-6)
-
-    # -- scoring ---------------------------------------------------------------------------------
-    def _predict_batch(self, x: torch.Tensor) -> dict:
-        emb = self._embed(x)
-        c, weight = self.calibration_, self.config_["segmenter_weight"]
-        memory = (self._distances(emb) - c[0]) / c[1]
-        segmenter = (self.segmenter_(self._standardised(emb)) - c[2]) / c[3]
-        return self._outputs(x, emb, (1 - weight) * memory + weight * segmenter)
-
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        state = super()._state_tensors()
-        state.update({f"segmenter.{k}": v for k, v in self.segmenter_.state_dict().items()})
-        state.update(feature_mean=self.feature_mean_, feature_std=self.feature_std_, calibration=self.calibration_)
-        return state
-
-    def _load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
-        super()._load_state_tensors(state)
-        prefix = "segmenter."
-        self.segmenter_.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-        self.segmenter_.eval()
-        self.feature_mean_ = state["feature_mean"].float()
-        self.feature_std_ = state["feature_std"].float()
-        self.calibration_ = state["calibration"].float()
+        values = self._calibration_scores(lambda emb: self.segmenter_(self.model_.standardised(emb)))
+        c = self.model_.calibration
+        c[2], c[3] = values.mean(), values.std(unbiased=False).clamp_min(1e-6)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -34,42 +35,22 @@ STATISTICS_IMAGES = 160  # normal images the map's normalisation is measured on
 
 # -- teachers --------------------------------------------------------------------------------------
 
-class BackboneTeacher(nn.Module):
-    """An ImageNet backbone's feature maps at ``strides``, the deeper ones upsampled to the finest
-    and concatenated: (B, 3, S, S) in [0, 1] -> (B, C, S/s, S/s), s the finest stride."""
-
-    def __init__(self, backbone: nn.Module, strides: list[int]) -> None:
-        super().__init__()
-        self.backbone, self.strides = backbone, sorted(strides)
-        self.stride = self.strides[0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(x, self.strides)
-        size = features[self.stride].shape[-2:]
+def teacher_features(teacher: nn.Module, x: torch.Tensor, strides: Sequence[int], size: int) -> torch.Tensor:
+    """(B, 3, S, S) prepared images -> the teacher's dense features (B, C, h, w). An ImageNet backbone
+    (``strides`` given) gives its feature maps at ``strides``, the deeper ones upsampled to the finest
+    and concatenated; another run's inference module gives its ``dense_features`` of the images
+    resized to the ``size`` that run was fitted at."""
+    if strides:
+        features = teacher(x, list(strides))
+        shape = features[strides[0]].shape[-2:]
         parts = [
-            f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-            for f in (features[s] for s in self.strides)
+            f if f.shape[-2:] == shape else F.interpolate(f, size=shape, mode="bilinear", align_corners=False)
+            for f in (features[s] for s in strides)
         ]
         return torch.cat(parts, 1)
-
-
-class RunTeacher(nn.Module):
-    """Another run's method as teacher, through its ``dense_features(x) -> (B, C, h, w)``."""
-
-    def __init__(self, method: Method) -> None:
-        super().__init__()
-        if not callable(getattr(method, "dense_features", None)):
-            raise ValueError(f"method {method.name!r} gives no dense features, so it cannot be a teacher")
-        self.method = method
-        self.modules_ = nn.ModuleList(
-            [m for m in vars(method).values() if isinstance(m, nn.Module)]
-        )  # so .to() and requires_grad_ reach the teacher's networks
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = self.method.config_["image_size"]
-        if x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        return self.method.dense_features(x)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return teacher.dense_features(x)
 
 
 def _encode_json(value: dict) -> torch.Tensor:
@@ -112,6 +93,55 @@ def regression_error_and_variance(predictions: torch.Tensor, target: torch.Tenso
     error = (mean - target).pow(2).mean(1)
     variance = predictions.var(0, unbiased=False).mean(1)
     return error, variance
+
+
+class StudentTeacherModel(nn.Module):
+    """A fitted student-teacher's inference: the frozen ``teacher`` (an ImageNet backbone read at
+    ``teacher_strides``, or another run's inference module with ``dense_features``) and the
+    ``students`` (submodules), the per-channel mean and spread of the teacher's features on normal
+    images (``feat_mean``, ``feat_std``) and the normal images' mean and spread of the regression
+    error and of the students' variance (``map_stats``), buffers. ``forward`` maps (B, 3, S, S)
+    float images in [0, 1] to ``scores`` (B,) and ``maps`` (B, S, S)."""
+
+    def __init__(
+        self, teacher: nn.Module, students: nn.ModuleList, *, channels: int, teacher_strides: Sequence[int],
+        teacher_size: int, normalize: str, variance_weight: float, map_sigma: float, score_statistic: str,
+        top_fraction: float,
+    ) -> None:
+        super().__init__()
+        self.teacher, self.students = teacher, students
+        self.register_buffer("feat_mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("feat_std", torch.ones(1, channels, 1, 1))
+        self.register_buffer("map_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))  # error mean, std, var mean, std
+        self.teacher_strides, self.teacher_size = sorted(teacher_strides), teacher_size
+        self.normalize, self.variance_weight, self.map_sigma = normalize, variance_weight, map_sigma
+        self.score_statistic, self.top_fraction = score_statistic, top_fraction
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize_exposure(x) if self.normalize == "image" else x
+
+    def raw_teacher_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] -> the teacher's features, as they are."""
+        return teacher_features(self.teacher, self.input(x), self.teacher_strides, self.teacher_size)
+
+    def student_predictions(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] -> (K, B, C, h, w): every student's prediction."""
+        xi = self.input(x)
+        return torch.stack([s(xi) for s in self.students])
+
+    def component_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised regression error and predictive variance, (B, h, w) each at the teacher's grid."""
+        target = (self.raw_teacher_features(x) - self.feat_mean) / self.feat_std
+        e, v = regression_error_and_variance(self.student_predictions(x), target)
+        m = self.map_stats
+        return (e - m[0]) / m[1], (v - m[2]) / m[3]
+
+    def forward(self, x: torch.Tensor) -> dict:
+        error, variance = self.component_maps(x)
+        combined = error + self.variance_weight * variance
+        maps = F.interpolate(combined[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+        maps = gaussian_blur(maps[:, 0], self.map_sigma)
+        return {"scores": map_statistic(maps, self.score_statistic, self.top_fraction), "maps": maps}
 
 
 @register_method
@@ -157,33 +187,60 @@ class StudentTeacher(Method):
     def _uses_backbone(self) -> bool:
         return self.config_["teacher"] in BACKBONES
 
-    def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device | None = None) -> "Method":
+    @property
+    def saved_alongside(self) -> tuple[str, ...]:
+        # What describes the teacher, and a run teacher's own tensors saved beside its module's state.
+        run_teacher = getattr(self, "teacher_method_", None)
+        return ("teacher_meta",) + tuple(f"teacher.{p}" for p in (run_teacher.saved_alongside if run_teacher else ()))
+
+    def frozen_modules(self) -> list[nn.Module]:
+        run_teacher = getattr(self, "teacher_method_", None)
+        return run_teacher.frozen_modules() if run_teacher else []
+
+    def _alongside_tensors(self) -> dict[str, torch.Tensor]:
+        state = {"teacher_meta": _encode_json({k: v for k, v in self.teacher_meta_.items() if k != "run"})}
+        if self.teacher_method_ is not None:
+            state.update({f"teacher.{k}": v for k, v in self.teacher_method_._alongside_tensors().items()})
+        return state
+
+    def _build_saved(self, state: dict[str, torch.Tensor]) -> None:
         # The teacher is rebuilt from the saved weights, so its run folder (or the pretrained weights
         # file) is not needed to load this model.
-        self._saved_teacher_ = {k[len("teacher."):]: v for k, v in state.items() if k.startswith("teacher.")}
-        self._saved_teacher_["__meta__"] = state["teacher_meta"]
-        try:
-            return super().load_state_dict(state, device)
-        finally:
-            del self._saved_teacher_
+        meta = _decode_json(state["teacher_meta"])
+        if meta["kind"] == "backbone":
+            # The backbone really built (load_backbone may fall back to another), as saved.
+            self._build_around(load_backbone(meta["name"], pretrained=False), None)
+            return
+        teacher = build_saved_method(meta["method"], meta["params"])
+        teacher.load_state_dict({k[len("teacher."):]: v for k, v in state.items() if k.startswith("teacher.")},
+                                device=self.device_)
+        self._build_around(None, teacher, meta)
 
     def _build(self) -> None:
-        cfg = self.config_
-        teacher_state = getattr(self, "_saved_teacher_", None)
         if self._uses_backbone():
-            # The backbone really built (load_backbone may fall back to another), as saved.
-            name = cfg["teacher"] if teacher_state is None else _decode_json(teacher_state["__meta__"])["name"]
-            backbone = load_backbone(name, pretrained=teacher_state is None)
-            self.teacher_ = BackboneTeacher(backbone, parse_layers(cfg["layers"]))
+            self._build_around(load_backbone(self.config_["teacher"]), None)
+        else:  # fitting: the caller loaded the teacher run (``FitContext.teacher``)
+            teacher = self._given_teacher_
+            meta = {"method": teacher.name, "params": teacher.get_params(), "run": self.config_["teacher"]}
+            self._build_around(None, teacher, meta)
+
+    def _build_around(self, backbone: nn.Module | None, teacher_method: Method | None, meta: dict | None = None) -> None:
+        """The unfitted inference module around its teacher: an ImageNet ``backbone`` or a fitted
+        ``teacher_method`` (with its ``meta``: method, parameters, run folder)."""
+        cfg = self.config_
+        self.teacher_method_ = teacher_method
+        if backbone is not None:
+            teacher, strides, size = backbone, sorted(parse_layers(cfg["layers"])), cfg["image_size"]
             self.teacher_meta_ = {"kind": "backbone", "name": backbone.name}
-            if teacher_state is not None:
-                weights = {k: v for k, v in teacher_state.items() if k != "__meta__"}
-                self.teacher_.backbone.load_state_dict(weights, strict=True)
         else:
-            self.teacher_ = RunTeacher(self._teacher_method(teacher_state))
-        self.teacher_.to(self.device_).eval().requires_grad_(False)
+            if not callable(getattr(teacher_method, "dense_features", None)):
+                raise ValueError(f"method {teacher_method.name!r} gives no dense features, so it cannot be a teacher")
+            teacher, strides, size = teacher_method.inference_module(), [], teacher_method.config_["image_size"]
+            self.teacher_meta_ = {"kind": "run", **meta}
+        teacher.to(self.device_).eval().requires_grad_(False)
         with torch.inference_mode():
-            probe = self.teacher_(torch.zeros(1, 3, cfg["image_size"], cfg["image_size"], device=self.device_))
+            probe = teacher_features(teacher, torch.zeros(1, 3, cfg["image_size"], cfg["image_size"], device=self.device_),
+                                     strides, size)
         channels, side = probe.shape[1], probe.shape[-1]
         self.stride_ = 2 ** int(round(math.log2(cfg["image_size"] / side)))
         students = []
@@ -191,10 +248,16 @@ class StudentTeacher(Method):
             torch.manual_seed(cfg["seed"])  # each student its own random start, the same for a seed
             for _ in range(cfg["students"]):
                 students.append(Student(self.stride_, cfg["student_width"], channels))
-        self.students_ = nn.ModuleList(students).to(self.device_)
-        self.feat_mean_ = torch.zeros(1, channels, 1, 1, device=self.device_)
-        self.feat_std_ = torch.ones(1, channels, 1, 1, device=self.device_)
-        self.map_stats_ = torch.tensor([0.0, 1.0, 0.0, 1.0], device=self.device_)  # error mean, std, var mean, std
+        self.model_ = StudentTeacherModel(
+            teacher, nn.ModuleList(students), channels=channels, teacher_strides=strides, teacher_size=size,
+            normalize=cfg["normalize"], variance_weight=cfg["variance_weight"], map_sigma=cfg["map_sigma"],
+            score_statistic=cfg["score_statistic"], top_fraction=cfg["top_fraction"],
+        ).to(self.device_)
+
+    @property
+    def students_(self) -> nn.ModuleList:
+        """The students being trained (the inference module's)."""
+        return self.model_.students
 
     def teacher_run(self) -> Path | None:
         """The run folder the ``teacher`` parameter names, or None for a pretrained backbone."""
@@ -221,28 +284,6 @@ class StudentTeacher(Method):
         finally:
             del self._given_teacher_
 
-    def _teacher_method(self, teacher_state: dict[str, torch.Tensor] | None) -> Method:
-        if teacher_state is not None:  # loading a saved model: the teacher comes from the state
-            meta = _decode_json(teacher_state["__meta__"])
-            method = build_saved_method(meta["method"], meta["params"])
-            method.load_state_dict({k: v for k, v in teacher_state.items() if k != "__meta__"}, device=self.device_)
-        else:  # fitting: the caller loaded the teacher run (``FitContext.teacher``)
-            method = self._given_teacher_
-            meta = {"method": method.name, "params": method.get_params(), "run": self.config_["teacher"]}
-        self.teacher_meta_ = {"kind": "run", **meta}
-        return method
-
-    def _input(self, x: torch.Tensor) -> torch.Tensor:
-        return normalize_exposure(x) if self.config_["normalize"] == "image" else x
-
-    def _teacher_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) in [0, 1] -> the teacher's features, standardised per channel on normal images."""
-        return (self.teacher_(self._input(x)) - self.feat_mean_) / self.feat_std_
-
-    def _student_predictions(self, x: torch.Tensor) -> torch.Tensor:
-        xi = self._input(x)
-        return torch.stack([s(xi) for s in self.students_])
-
     # -- learning ------------------------------------------------------------------------------
     def _fit(self, images: np.ndarray, ctx: FitContext) -> None:
         cfg, device = self.config_, self.device_
@@ -251,13 +292,13 @@ class StudentTeacher(Method):
         with torch.inference_mode():
             n_batches = math.ceil(len(images) / 32)
             for i, start in enumerate(range(0, len(images), 32), 1):
-                targets.append(self.teacher_(self._input(to_tensor(images[start : start + 32], device))))
+                targets.append(self.model_.raw_teacher_features(to_tensor(images[start : start + 32], device)))
                 ctx.report(step=i, total_steps=n_batches, images=min(start + 32, len(images)),
                            phase="teacher features")
         targets = torch.cat(targets)
-        self.feat_mean_ = targets.mean((0, 2, 3), keepdim=True)
-        self.feat_std_ = targets.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
-        targets = ((targets - self.feat_mean_) / self.feat_std_).clone()
+        mean, std = targets.mean((0, 2, 3), keepdim=True), targets.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+        self.model_.feat_mean, self.model_.feat_std = mean, std
+        targets = ((targets - mean) / std).clone()
 
         params = [p for s in self.students_ for p in s.parameters()]
         opt = torch.optim.Adam(params, lr=cfg["learning_rate"], weight_decay=1e-5)
@@ -273,7 +314,7 @@ class StudentTeacher(Method):
                 group["lr"] = cfg["learning_rate"] * warmup_cosine(clock.progress(done), 0.05)
             x = to_tensor(images[idx], device)
             target = targets[torch.from_numpy(idx).to(device)]
-            loss = (self._student_predictions(x) - target[None]).pow(2).mean()
+            loss = (self.model_.student_predictions(x) - target[None]).pow(2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -295,48 +336,10 @@ class StudentTeacher(Method):
                 idx = chosen[start : start + 32]
                 x = to_tensor(images[idx], self.device_)
                 e, v = regression_error_and_variance(
-                    self._student_predictions(x), targets[torch.from_numpy(idx).to(self.device_)]
+                    self.model_.student_predictions(x), targets[torch.from_numpy(idx).to(self.device_)]
                 )
                 errors.append(e.flatten())
                 variances.append(v.flatten())
                 ctx.check_cancel()
         e, v = torch.cat(errors), torch.cat(variances)
-        self.map_stats_ = torch.stack([e.mean(), e.std().clamp_min(1e-6), v.mean(), v.std().clamp_min(1e-6)])
-
-    # -- scoring -------------------------------------------------------------------------------
-    def _component_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised regression error and predictive variance, (B, h, w) each at the teacher's grid."""
-        e, v = regression_error_and_variance(self._student_predictions(x), self._teacher_features(x))
-        m = self.map_stats_
-        return (e - m[0]) / m[1], (v - m[2]) / m[3]
-
-    def _predict_batch(self, x: torch.Tensor) -> dict:
-        cfg = self.config_
-        self.students_.eval()
-        error, variance = self._component_maps(x)
-        combined = error + cfg["variance_weight"] * variance
-        maps = F.interpolate(combined[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
-        maps = gaussian_blur(maps[:, 0], cfg["map_sigma"])
-        return {
-            "scores": map_statistic(maps, cfg["score_statistic"], cfg["top_fraction"]),
-            "maps": maps,
-        }
-
-    # -- persistence ---------------------------------------------------------------------------
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        state = {f"students.{k}": v for k, v in self.students_.state_dict().items()}
-        state.update(feat_mean=self.feat_mean_, feat_std=self.feat_std_, map_stats=self.map_stats_)
-        if isinstance(self.teacher_, BackboneTeacher):
-            teacher = self.teacher_.backbone.state_dict()
-        else:
-            teacher = self.teacher_.method.state_dict()
-        state.update({f"teacher.{k}": v for k, v in teacher.items()})
-        state["teacher_meta"] = _encode_json({k: v for k, v in self.teacher_meta_.items() if k != "run"})
-        return state
-
-    def _load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
-        # The teacher was already rebuilt from the state in _build.
-        self.students_.load_state_dict({k[len("students."):]: v for k, v in state.items() if k.startswith("students.")})
-        self.feat_mean_, self.feat_std_ = state["feat_mean"], state["feat_std"]
-        self.map_stats_ = state["map_stats"]
-        self.students_.eval()
+        self.model_.map_stats = torch.stack([e.mean(), e.std().clamp_min(1e-6), v.mean(), v.std().clamp_min(1e-6)])
