@@ -112,10 +112,10 @@ def _scorer_tensors(scorer: Scorer, normal: np.ndarray) -> dict[str, torch.Tenso
 
 def preprocessing_description(method: Method) -> dict[str, Any]:
     """What the method does to a photo before its network, as data: the decoding and scaling every
-    method shares and the method's own resize rule (``Method.resize_rule``, the one it resizes by)."""
+    method shares and the resize rule its inference module carries (the one the method resizes by)."""
     return {
         **input_description(),
-        "resize": method.resize_rule().to_dict(),
+        "resize": method.inference_module().resize_rule.to_dict(),
         "normalisation": "none outside the method (a network needing ImageNet statistics applies them itself)",
         "maps": "anomaly maps are upsampled (bilinear) back to each input image's size",
     }

@@ -126,7 +126,7 @@ def export_onnx(
     out = Path(out)
     method = run.load_method(torch.device("cpu"))
     module = inference_module(method)
-    rule = method.resize_rule()
+    rule = module.resize_rule
     if photo_size is None:
         photo_size = (rule.size, rule.size) if not rule.keep_aspect else example_size(run)
     input_shape = rule.shape(*photo_size)

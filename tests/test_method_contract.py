@@ -131,6 +131,20 @@ def test_outputs_have_the_documented_shapes(fitted, probe, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_the_module_carries_the_preprocessing_the_method_resizes_by(fitted, probe, name):
+    """The resize rule an export describes is the inference module's, and it gives the input shape the
+    method really feeds its network, for a square photo and another shape."""
+    from adcore.export import preprocessing_description
+
+    method, _, _ = fitted(name)
+    rule = method.inference_module().resize_rule
+    assert preprocessing_description(method)["resize"] == rule.to_dict()
+    for image in (probe[0], probe[3]):
+        (_, x), = list(method._shaped_batches([image], 1))
+        assert tuple(x.shape[-2:]) == tuple(rule.shape(*image.shape[:2]))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_an_obvious_defect_scores_higher_than_the_normal_photos(fitted, probe, name):
     if name in NO_RANKING_WHEN_TINY:
         pytest.skip(f"untrained at this size; ranking checked in {NO_RANKING_WHEN_TINY[name]}")

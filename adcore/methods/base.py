@@ -360,8 +360,12 @@ class Method:
         filled by ``_fit``): networks as submodules, memories, statistics and calibration as buffers.
         ``forward`` maps (B, 3, H, W) float images in [0, 1] at the network input shape to a dict with
         ``scores`` (B,) and, where the method has them, ``maps`` (B, H, W), ``embeddings`` (B, D) and
-        ``reconstructions`` (B, 3, H, W). What is saved is its ``state_dict``."""
+        ``reconstructions`` (B, 3, H, W). What is saved is its ``state_dict``.
+
+        The module carries its preprocessing as data, ``resize_rule`` (how a photo becomes its input):
+        what an export describes and a scorer resizes by."""
         self._check_fitted()
+        self.model_.resize_rule = self.resize_rule()
         return self.model_
 
     def frozen_modules(self) -> list[torch.nn.Module]:
