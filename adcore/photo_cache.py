@@ -83,6 +83,44 @@ class CachedImages(Sequence[np.ndarray]):
         return CachedImages(self.files + other.files, self.shapes + other.shapes)
 
 
+class ArrayFile(Sequence[np.ndarray]):
+    """Arrays of one dtype appended to one file and read back one at a time with a plain read (not a
+    mapping), so an array is in memory only while its reader holds it: for a run's intermediate
+    results that would not fit in memory all at once (a search's validation maps). ``drop()``
+    deletes the file."""
+
+    def __init__(self, path: Path, dtype=np.float32) -> None:
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self._index: list[tuple[int, tuple[int, ...]]] = []  # (offset in bytes, shape)
+        self._end = 0
+        self.path.write_bytes(b"")
+
+    def append(self, array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array, dtype=self.dtype)
+        with open(self.path, "ab") as f:
+            array.tofile(f)
+        self._index.append((self._end, array.shape))
+        self._end += array.nbytes
+
+    def extend(self, arrays: Iterable[np.ndarray]) -> "ArrayFile":
+        for a in arrays:
+            self.append(a)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        offset, shape = self._index[i]
+        count = int(np.prod(shape, dtype=np.int64))
+        return np.fromfile(self.path, dtype=self.dtype, count=count, offset=offset).reshape(shape)
+
+    def drop(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self._index = []
+
+
 def take(images: Sequence[np.ndarray], indices: Iterable[int]) -> Sequence[np.ndarray]:
     """``images[i]`` for each index: still lazy where ``images`` is a ``CachedImages``, else a list."""
     if isinstance(images, CachedImages):
@@ -163,6 +201,16 @@ class PhotoCache:
         path = self._next_file()
         np.save(path, image)
         return path, image.shape
+
+    def arrays(self, arrays: Iterable[np.ndarray], dtype=np.float32) -> Sequence[np.ndarray]:
+        """Keep intermediate arrays of the run (e.g. maps) like photos: in one file of the cache folder,
+        read back one at a time (``ArrayFile``); a list with ``in_memory``."""
+        if self.in_memory:
+            return [np.asarray(a, dtype) for a in arrays]
+        with self._lock:
+            self._count += 1
+            path = self.folder / f"{self._count:07d}.f{np.dtype(dtype).itemsize * 8}"
+        return ArrayFile(path, dtype).extend(arrays)
 
     def load(
         self,

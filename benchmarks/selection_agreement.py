@@ -135,8 +135,11 @@ def _search_only(method: Measured, images):
     tile = cfg["image_size"] if cfg["tiling"] == "on" else 0
     grid = candidate_grid(tile)
     per_family = max(1, round(MIN_DEFECTS_PER_FAMILY / n_val))
-    v_images, kinds, masks, source = validation_set(val, per_family, method.rng_)
-    return method._search(grid, bank, v_images, np.array(kinds), masks, np.array(source), FitContext())[0]
+    from adcore.photo_cache import PhotoCache
+
+    with PhotoCache(max_side=None) as method._scratch:  # where the search keeps the leaders' maps
+        v_images, kinds, masks, source = validation_set(val, per_family, method.rng_)
+        return method._search(grid, bank, v_images, np.array(kinds), masks, np.array(source), FitContext())[0]
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from adcore.methods import Cancelled, FitContext, build_method
-from adcore.methods.auto import BOOTSTRAP, Auto, candidate_grid, selection_scores
+from adcore.methods.auto import BOOTSTRAP, Auto, candidate_grid, pixel_ranks, selection_scores
 from tests.helpers import make_tiny_mvtec, textured, textured_set
 
 CPU = torch.device("cpu")
@@ -167,7 +167,7 @@ def test_selection_scores_by_hand():
     means = np.array([np.nan, np.nan, 0.35, 0.9])
     pixels = np.sort(np.array([0.1, 0.2, 0.3, 0.4]))
     kinds = np.array(["normal", "normal", "spot", "spot"])
-    out = selection_scores(scores, means, pixels, kinds, np.array([0, 1]), np.array([2, 3]))
+    out = selection_scores(scores, pixel_ranks(means, pixels), kinds, np.array([0, 1]), np.array([2, 3]))
     assert out["families"]["spot"] == (1.0, pytest.approx((3 / 4 + 1) / 2))
     assert out["score"] == pytest.approx((1.0 + 7 / 8) / 2)
     assert BOOTSTRAP >= 100

@@ -47,7 +47,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ from adcore.methods.patchcore import (
     knn_distance,
     patch_embedding,
 )
-from adcore.photo_cache import TiledImages, concat, take
+from adcore.photo_cache import PhotoCache, TiledImages, concat, take
 from adcore.registry import Param
 from adcore.synthetic import FAMILIES, make_defect
 from adcore.tiling import stitch, tile_boxes
@@ -153,25 +153,25 @@ def working_size(images: Sequence[np.ndarray]) -> int:
 
 
 def validation_set(
-    images: Sequence[np.ndarray], per_family: int, rng: np.random.Generator
-) -> tuple[list[np.ndarray], list[str], list[np.ndarray | None], list[int]]:
+    images: Sequence[np.ndarray], per_family: int, rng: np.random.Generator,
+    keep: Callable[[Iterable[np.ndarray]], Sequence[np.ndarray]] = list,
+) -> tuple[Sequence[np.ndarray], list[str], list[np.ndarray | None], list[int]]:
     """The clean photos and ``per_family`` defects of each family on each: (images, family or "normal",
-    masks (None for clean), index of the clean photo each came from)."""
-    out, kinds, masks, source = [], [], [], []
-    for i, image in enumerate(images):
-        out.append(image)
-        kinds.append("normal")
-        masks.append(None)
-        source.append(i)
-    for family in FAMILIES:
-        for _ in range(per_family):
-            for i, image in enumerate(images):
-                made = make_defect(family, image, rng)
-                out.append(made.image)
-                kinds.append(family)
-                masks.append(made.mask)
-                source.append(i)
-    return out, kinds, masks, source
+    masks (None for clean), index of the clean photo each came from). The defect photos go to
+    ``keep`` one by one as they are made (e.g. ``PhotoCache.keep``, so they are never all in memory)."""
+    kinds, masks, source = ["normal"] * len(images), [None] * len(images), list(range(len(images)))
+
+    def made() -> Iterator[np.ndarray]:
+        for family in FAMILIES:
+            for _ in range(per_family):
+                for i, image in enumerate(images):
+                    defect = make_defect(family, image, rng)
+                    kinds.append(family)
+                    masks.append(defect.mask)
+                    source.append(i)
+                    yield defect.image
+
+    return concat(images, keep(made())), kinds, masks, source
 
 
 def _auroc(neg: np.ndarray, pos: np.ndarray) -> float:
@@ -194,20 +194,26 @@ def _rankdata(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def pixel_ranks(mask_means: np.ndarray, normal_pixels: np.ndarray) -> np.ndarray:
+    """(V,) the share of the clean photos' map values (``normal_pixels``, sorted) below each validation
+    photo's mean map value inside its defect's mask (``mask_means``; NaN for clean photos, whose
+    entry is not used)."""
+    return np.searchsorted(normal_pixels, mask_means) / len(normal_pixels)
+
+
 def selection_scores(
     image_scores: np.ndarray,
-    mask_means: np.ndarray,
-    normal_pixels: np.ndarray,
+    pixel_rank: np.ndarray,
     kinds: np.ndarray,
     normal_idx: np.ndarray,
     defect_idx: np.ndarray,
 ) -> dict[str, Any]:
     """Label-free separation of one candidate on (a resample of) the validation set.
 
-    ``image_scores`` (V,) per validation photo; ``mask_means`` (V,) mean map value inside each
-    defect's mask (NaN for clean photos); ``normal_pixels`` sorted map values of the clean photos;
-    ``normal_idx`` / ``defect_idx`` the photos to use (indices into the validation set, repeats allowed).
-    Returns the per-family image AUROC and pixel score and the selection score (their mean over families).
+    ``image_scores`` (V,) per validation photo; ``pixel_rank`` (V,) where each defect's mask sits
+    among the clean photos' pixels (``pixel_ranks``); ``normal_idx`` / ``defect_idx`` the photos to
+    use (indices into the validation set, repeats allowed). Returns the per-family image AUROC and
+    pixel score and the selection score (their mean over families).
     """
     neg = image_scores[normal_idx]
     per_family = {}
@@ -216,7 +222,7 @@ def selection_scores(
         if not len(idx):
             continue
         image = _auroc(neg, image_scores[idx])
-        pixel = float(np.mean(np.searchsorted(normal_pixels, mask_means[idx]) / len(normal_pixels)))
+        pixel = float(np.mean(pixel_rank[idx]))
         per_family[family] = (image, pixel)
     image_mean = float(np.mean([v[0] for v in per_family.values()]))
     pixel_mean = float(np.mean([v[1] for v in per_family.values()]))
@@ -303,7 +309,19 @@ class Auto(Method):
             tile = cfg["image_size"]
         grid = candidate_grid(tile, self._backbones())
         per_family = max(1, round(MIN_DEFECTS_PER_FAMILY / n_val))
-        v_images, kinds, masks, source = validation_set(val_images, per_family, self.rng_)
+        # The synthetic defect photos and the leading candidates' validation maps wait on disk while the
+        # search runs (on 5-MP photos they are gigabytes), in a folder removed when the fit ends.
+        self._scratch = PhotoCache(max_side=None)
+        try:
+            self._search_and_fit(images, val_images, rest, search_bank, grid, per_family, n_val, started, ctx)
+        finally:
+            self._scratch.close()
+            del self._scratch
+
+    def _search_and_fit(self, images, val_images, rest, search_bank, grid, per_family, n_val, started, ctx) -> None:
+        cfg = self.config_
+        n = len(images)
+        v_images, kinds, masks, source = validation_set(val_images, per_family, self.rng_, self._scratch.keep)
         masks = [None if m is None else _shrink_mask(m, judged_shape(*m.shape)) for m in masks]
         # Where the search memories were built from every photo the members are fitted on, the
         # members reuse the search's features (and the kept-aside photos' features judge their memory).
@@ -397,7 +415,7 @@ class Auto(Method):
                     results[key]["of the best by"] = []
                 results[key]["of the best by"].append(part)
         for stats in results.values():
-            stats.pop("_maps", None)
+            _forget_maps(stats)
         self._bootstrap(list(results), results, kinds, source)
         return [self._row(c, results[c]) for c in grid], results
 
@@ -410,7 +428,7 @@ class Auto(Method):
             keep.update(sorted(results, key=lambda c: -results[c][part])[:k])
         for c, stats in results.items():
             if c not in keep:
-                stats.pop("_maps", None)
+                _forget_maps(stats)
 
     @staticmethod
     def _row(cand: Candidate, stats: dict[str, Any]) -> dict[str, Any]:
@@ -512,7 +530,7 @@ class Auto(Method):
         memory, for subclasses that measure more with it)."""
         image_maps = self._val_maps(proto, patch_maps, val_boxes, v_images)
         stats = _stats(image_maps, kinds, masks)
-        stats["_maps"] = image_maps
+        stats["_maps"] = self._scratch.arrays(image_maps)
         return stats
 
     @staticmethod
@@ -710,6 +728,8 @@ class Auto(Method):
         self.selection_["image_members"], self.selection_["map_members"] = self.image_members_, self.map_members_
         self.member_params_ = [c.params(self.config_) for c in members]
         self.members_ = []
+        views = {c.view for c in members}  # the search's features of views no member uses: freed now
+        self.kept_features_ = {v: f for v, f in self.kept_features_.items() if v in views}
         self.selection_["memory"] = []
         calibration = torch.tensor([[0.0, 1.0]] * len(members))
         for k, (cand, params) in enumerate(zip(members, self.member_params_)):
@@ -945,16 +965,23 @@ def _untouched_tiles(images: Sequence[np.ndarray], boxes: list[list], source: Se
     return seen, same_as
 
 
-def _stats(image_maps: list[np.ndarray], kinds: np.ndarray, masks: list[np.ndarray | None]) -> dict[str, Any]:
-    """Selection statistics of one candidate's validation maps, with the arrays the bootstrap reuses."""
+def _stats(image_maps: Sequence[np.ndarray], kinds: np.ndarray, masks: list[np.ndarray | None]) -> dict[str, Any]:
+    """Selection statistics of one candidate's validation maps, with the arrays the bootstrap reuses
+    (one number per validation photo: the bootstrap resamples photos, not the clean pixels)."""
     image_scores = np.array([m.max() for m in image_maps])
     normal_pixels = np.sort(np.concatenate([m.ravel() for m, k in zip(image_maps, kinds) if k == "normal"]))
     mask_means = np.array([m[mask].mean() if mask is not None and mask.any() else np.nan
                            for m, mask in zip(image_maps, masks)])
-    stats = selection_scores(image_scores, mask_means, normal_pixels, kinds,
-                             np.flatnonzero(kinds == "normal"), np.flatnonzero(kinds != "normal"))
-    stats["_arrays"] = (image_scores, mask_means, normal_pixels)
+    ranks = pixel_ranks(mask_means, normal_pixels)
+    stats = selection_scores(image_scores, ranks, kinds, np.flatnonzero(kinds == "normal"), np.flatnonzero(kinds != "normal"))
+    stats["_arrays"] = (image_scores, ranks)
     return stats
+
+
+def _forget_maps(stats: dict[str, Any]) -> None:
+    maps = stats.pop("_maps", None)
+    if hasattr(maps, "drop"):
+        maps.drop()
 
 
 def combine_maps(per_member: list[list[np.ndarray]], kinds: np.ndarray) -> list[np.ndarray]:
