@@ -83,6 +83,32 @@ class CachedImages(Sequence[np.ndarray]):
         return CachedImages(self.files + other.files, self.shapes + other.shapes)
 
 
+THUMBNAIL_SIDE = 160  # longer side of the thumbnails a run stores (the pages' galleries show them at this size)
+
+
+def thumbnail_stack(images: Iterable[np.ndarray], side: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, np.ndarray]:
+    """Thumbnails of ``images`` (HWC uint8) in one array, for a run to store: (N, side, side, 3) uint8,
+    each scaled (bilinear) so its longer side is ``side`` and put top-left, zeros elsewhere, and
+    (N, 2) the (height, width) of each. ``stacked_thumbnail`` gives one back."""
+    stack, shapes = [], []
+    for image in images:
+        h, w = image.shape[:2]
+        scale = side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = np.asarray(Image.fromarray(np.ascontiguousarray(image)).convert("RGB").resize(size, Image.BILINEAR))
+        tile = np.zeros((side, side, 3), np.uint8)
+        tile[: small.shape[0], : small.shape[1]] = small
+        stack.append(tile)
+        shapes.append(small.shape[:2])
+    return np.zeros((0, side, side, 3), np.uint8) if not stack else np.stack(stack), np.array(shapes, np.int32).reshape(-1, 2)
+
+
+def stacked_thumbnail(stack: np.ndarray, shapes: np.ndarray, i: int) -> np.ndarray:
+    """Thumbnail ``i`` of a ``thumbnail_stack``, without its padding."""
+    h, w = (int(v) for v in shapes[i])
+    return stack[i, :h, :w]
+
+
 class ArrayFile(Sequence[np.ndarray]):
     """Arrays of one dtype appended to one file and read back one at a time with a plain read (not a
     mapping), so an array is in memory only while its reader holds it: for a run's intermediate

@@ -20,7 +20,7 @@ import adcore
 from adcore.data import ImageSet, load_mask, open_image_set
 from adcore.device import describe_device, pick_device
 from adcore.methods import DEFAULT_METHOD, Cancelled, FitContext, Method, build_method
-from adcore.photo_cache import MAX_SIDE, PhotoCache, image_shape, take
+from adcore.photo_cache import MAX_SIDE, PhotoCache, image_shape, take, thumbnail_stack
 from adcore.projection import DEFAULT_MAP_KEY, default_map
 from adcore.runs import load_run, new_run_id, write_run
 from adcore.scoring import hit_rate, image_metrics, pixel_auroc, pixel_pro
@@ -161,6 +161,9 @@ def train_run(
         offset = len(fit_images) + len(hold_images)
         predictions, test_maps = _predict_with_progress(method, all_images, ctx, keep=range(offset, offset + len(test_images)))
         n_fit, n_hold, n_test, n_all = len(fit_images), len(hold_images), len(test_images), len(all_images)
+        # The galleries' thumbnails of the synthetic defects, so that no page pastes them all again to
+        # show a few (on 5-MP photos that means decoding every hold-out photo).
+        synth_thumbnails = thumbnail_stack(synth_images)
     t_score = time.monotonic() - t0 - train_seconds
 
     rel_paths, splits, labels, roles = [], [], [], []
@@ -186,6 +189,8 @@ def train_run(
     }
     if predictions.embeddings is not None:
         results["embedding"] = predictions.embeddings.astype(np.float32)
+    if len(synth_labels):
+        results["synthetic_thumbnail"], results["synthetic_thumbnail_shape"] = synth_thumbnails
     metrics = _test_metrics(results, test_maps, test_records)
     t_map = time.monotonic()
     if predictions.embeddings is not None:

@@ -27,6 +27,7 @@ from adcore.data import (
     save_uploads,
 )
 from adcore.jobs import JobManager
+from adcore.photo_cache import stacked_thumbnail
 from adcore.registry import Param
 from adcore.runs import Run, default_runs_dir, list_runs, load_run, read_results
 from adcore.scoring import SCORERS, rescore_run
@@ -644,11 +645,16 @@ def _row_thumbnails(path: str, version: int, rows: tuple[int, ...], size: int) -
     run = _load_run_scores(path, version)
     records = run_records(run)
     rel, role = run.results["rel_path"], run.results["role"]
+    stored = run.results.get("synthetic_thumbnail")  # runs before it was stored paste them again
     out: list[np.ndarray | None] = [None] * len(rows)
     plain = []
     for i, row in enumerate(rows):
         record = records.get(str(rel[row]))
-        if role[row] != "synthetic" and record is not None:
+        if role[row] == "synthetic" and stored is not None:
+            position = int(np.count_nonzero(role[:row] == "synthetic"))
+            thumb = stacked_thumbnail(stored, run.results["synthetic_thumbnail_shape"], position)
+            out[i] = viz.fit_size(thumb, size)
+        elif role[row] != "synthetic" and record is not None:
             out[i] = viz.record_thumbnail(record, size)
         else:
             plain.append(i)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 
 from adcore import viz
-from adcore.runs import Run, load_run
+from adcore.runs import Run, load_run, read_results
 from adcore.threshold import default_threshold, synthetic_caveat
 from adcore.training import TrainSpec, train_run
 from tests.helpers import make_tiny_mvtec, texts  # noqa: E402
@@ -498,7 +499,7 @@ def test_scores_page_shows_where_the_heat_map_points_when_masks_exist(runs):
     assert "Heat map on the defect" not in {m.label for m in at.metric}
 
 
-def test_a_run_s_synthetic_defects_are_pasted_once_for_every_picture_of_them(runs, monkeypatch):
+def test_a_run_s_synthetic_defects_are_pasted_once_for_every_picture_of_them(runs, monkeypatch, tmp_path):
     from app_pages import common
 
     calls = []
@@ -511,8 +512,23 @@ def test_a_run_s_synthetic_defects_are_pasted_once_for_every_picture_of_them(run
     run = common.load_run_scores(runs["root"] / runs["labelled"])
     synthetic = [int(r) for r in np.flatnonzero(run.results["role"] == "synthetic")]
     assert len(synthetic) >= 3
-    first = common.row_thumbnails(run, synthetic[:1])
-    common.row_thumbnails(run, synthetic[1:3])  # another selection
+    thumbs = common.row_thumbnails(run, synthetic[:1]) + common.row_thumbnails(run, synthetic[1:3])
+    assert calls == [], "the galleries show the thumbnails the run stored: nothing is pasted for them"
     image = common.run_row_image(run, synthetic[0])  # Inspect
+    common.run_row_image(run, synthetic[1])
     assert calls == [runs["labelled"]]
-    assert first[0].shape[2] == 3 and image.ndim == 3
+    assert image.ndim == 3
+    # The stored thumbnails are those of the very images training pasted and scored.
+    pasted = viz.synthetic_images(run)
+    assert len(run.results["synthetic_thumbnail"]) == len(pasted) == len(synthetic)
+    for thumb, image in zip(thumbs, pasted):
+        assert np.array_equal(thumb, viz.fit_size(image, 160))
+    # A run stored before the thumbnails were (none in its results) pastes them again, once.
+    old_path = tmp_path / runs["labelled"]
+    shutil.copytree(run.path, old_path)
+    arrays = read_results(old_path)
+    del arrays["synthetic_thumbnail"], arrays["synthetic_thumbnail_shape"]
+    np.savez_compressed(old_path / "results.npz", **arrays)
+    calls.clear()
+    old = common.row_thumbnails(common.load_run_scores(old_path), synthetic[:3])
+    assert calls == [runs["labelled"]] and all(np.array_equal(a, b) for a, b in zip(old, thumbs))

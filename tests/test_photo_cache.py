@@ -14,7 +14,16 @@ import adcore.methods.patchcore as patchcore_module
 from adcore.data import open_image_set
 from adcore.methods import Cancelled, build_method
 from adcore.methods.base import FitContext
-from adcore.photo_cache import CachedImages, PhotoCache, TiledImages, cached_shape, take
+from adcore.photo_cache import (
+    ArrayFile,
+    CachedImages,
+    PhotoCache,
+    TiledImages,
+    cached_shape,
+    stacked_thumbnail,
+    take,
+    thumbnail_stack,
+)
 from adcore.runs import load_run
 from adcore.tiling import cut_tiles, tile_boxes
 from adcore.training import TrainSpec, train_run
@@ -200,3 +209,35 @@ def _a_dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_kept_arrays_come_back_exactly_one_at_a_time_and_go_with_the_cache(tmp_path):
+    rng = np.random.default_rng(0)
+    maps = [rng.normal(size=shape).astype(np.float32) for shape in [(3, 5), (7, 2), (1, 1), (4, 4)]]
+    with PhotoCache(root=tmp_path) as cache:
+        kept = cache.arrays(iter(maps))  # a generator: the arrays need not all exist at once
+        assert isinstance(kept, ArrayFile) and len(kept) == 4
+        assert all(np.array_equal(kept[i], m) and kept[i].dtype == np.float32 for i, m in enumerate(maps))
+        assert np.array_equal(kept[-1], maps[-1])
+        other = cache.arrays(maps[:1])
+        kept.drop()
+        assert not kept.path.exists() and len(kept) == 0
+        assert np.array_equal(other[0], maps[0]), "dropping one file leaves the others"
+        folder = cache.folder
+    assert not folder.exists()
+    assert PhotoCache(in_memory=True).arrays(maps)[1] is maps[1]
+
+
+def test_thumbnails_stack_photos_of_any_shape_and_come_back_unpadded():
+    rng = np.random.default_rng(1)
+    photos = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(320, 200), (50, 80), (160, 160)]]
+    stack, shapes = thumbnail_stack(photos, side=64)
+    assert stack.shape == (3, 64, 64, 3) and stack.dtype == np.uint8
+    assert shapes.tolist() == [[64, 40], [40, 64], [64, 64]]
+    for i, photo in enumerate(photos):
+        h, w = shapes[i]
+        expected = np.asarray(Image.fromarray(photo).resize((int(w), int(h)), Image.BILINEAR))
+        assert np.array_equal(stacked_thumbnail(stack, shapes, i), expected)
+    assert not stack[0, :, 40:].any(), "the padding is zeros"
+    empty, no_shapes = thumbnail_stack([], side=64)
+    assert empty.shape == (0, 64, 64, 3) and no_shapes.shape == (0, 2)
