@@ -34,7 +34,7 @@ shift || true
 case "$cmd" in
   app)
     install requirements.txt
-    exec "$VENV/bin/python" -m streamlit run app.py --server.headless true --browser.gatherUsageStats false "$@"
+    exec "$VENV/bin/python" app.py --server.headless true --browser.gatherUsageStats false "$@"
     ;;
   test)
     install requirements-test.txt

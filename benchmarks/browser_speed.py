@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from adcore.data import load_image, open_image_set  # noqa: E402
 from adcore.methods import FitContext, build_method  # noqa: E402
+from adcore.photo_cache import thumbnail_stack  # noqa: E402
 from adcore.projection import DEFAULT_MAP_KEY  # noqa: E402
 from adcore.runs import new_run_id, write_run  # noqa: E402
 from adcore.scoring import image_metrics  # noqa: E402
@@ -68,6 +69,10 @@ def build_run(runs_root: Path, n: int, seed: int = 0) -> Path:
         "anomaly_map": rng.random((m, 64, 64)).astype(np.float16),
         DEFAULT_MAP_KEY: rng.normal(size=(m, 2)).astype(np.float32),
     }  # fmt: skip
+    # As training stores them: the synthetic rows' thumbnails (here of the photos they name, unpasted:
+    # the pages' speed does not depend on what the pixels show).
+    synthetic = [load_image(DEMO / r) for r, kind in zip(rel, role) if kind == "synthetic"]
+    results["synthetic_thumbnail"], results["synthetic_thumbnail_shape"] = thumbnail_stack(synthetic)
     test = results["role"] == "test"
     config = {
         "name": f"{n} images", "method": "autoencoder", "params": method.get_params(),

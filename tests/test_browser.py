@@ -84,7 +84,7 @@ def serve_app(runs_dir: Path, log: Path) -> Iterator[str]:
     # On a small shared machine torch's spinning intra-op threads make training many times slower.
     env.setdefault("OMP_NUM_THREADS", "1")
     command = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
+        sys.executable, "app.py",  # as dev.sh app starts it: the server, its libraries loading beside it
         "--server.headless", "true",
         "--server.port", str(port),
         "--server.address", "127.0.0.1",
