@@ -150,16 +150,21 @@ def new_upload_dir(tag: str, uploads_root: Path | None = None) -> Path:
     return path
 
 
+SKIPPED_CHAR_PX = 8  # generous for the table font: a file column this wide per character never cuts a name
+
+
 def skipped_table(skipped: Sequence[tuple[str, str]]) -> None:
-    """The (file, reason) of skipped files as a table whose file names are not cut off."""
+    """The (file, reason) of skipped files as a table whose file names are not cut off: the file
+    column is as wide as the longest name (a name wider than the page scrolls sideways)."""
+    longest = max((len(name) for name, _ in skipped), default=0)
     st.dataframe(
         [{"file": name, "reason": reason} for name, reason in skipped],
         hide_index=True,
         width="stretch",
         height=min(300, 38 + 35 * len(skipped)),
         column_config={
-            "file": st.column_config.TextColumn(width="large"),
-            "reason": st.column_config.TextColumn(width="large"),
+            "file": st.column_config.TextColumn(width=max(200, SKIPPED_CHAR_PX * longest + 24)),
+            "reason": st.column_config.TextColumn(width="medium"),
         },
     )
 

@@ -206,7 +206,7 @@ def selection_panel(jobs: JobManager) -> None:
 st.title("Train")
 st.markdown(
     f"Training on {common.set_name(image_set)}: "
-    f"{len(normal_train)} normal training images, {len(image_set.test)} test images."
+    f"{viz.plural(len(normal_train), 'normal training image')}, {viz.plural(len(image_set.test), 'test image')}."
 )
 
 config_col, run_col = st.columns([3, 2], gap="large")
@@ -336,7 +336,7 @@ with run_col:
         if not ray_available():
             problems.append(f"the Ray engine needs Ray, an optional extra: pip install -r {RAY_REQUIREMENTS}")
     if len(normal_train) < 2:
-        problems.append(f"the image set has {len(normal_train)} normal training image(s); at least 2 are needed")
+        problems.append(f"the image set has {viz.plural(len(normal_train), 'normal training image')}; at least 2 are needed")
     for problem in problems:
         st.error(f"Cannot start: {problem}")
     expected = catalog.estimate_training_seconds(

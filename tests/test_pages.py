@@ -6,6 +6,7 @@ Training here is tiny (32 px images, a width-8 network) so the whole file runs i
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 import zipfile
@@ -175,6 +176,29 @@ def test_an_upload_with_no_usable_file_keeps_the_current_set_and_says_why(tmp_pa
     assert "None of the 2 uploaded files can be used, so you are still working on the demo set" in at.error[0].value
     skipped = at.dataframe[-1].value
     assert sorted(skipped["file"]) == ["empty.jpg", "notes.png"]
+
+
+def test_the_skipped_files_table_is_wide_enough_for_a_long_file_name(tmp_path):
+    at = app_at("app_pages/data.py")
+    long_name = "a_rather_long_file_name_from_the_line_camera_station_3_2026-11-30_14-22-05_frame_000123.png"
+    at.file_uploader(key="data.uploads.0").set_value([(long_name, b"not a png", "image/png")]).run()
+    at.button(key="data.use_uploads").click().run()
+    table = at.dataframe[-1]
+    assert list(table.value["file"]) == [long_name]
+    width = json.loads(table.proto.columns)["file"]["width"]
+    # The walk of issue 13 saw this name cut at 72 of its 94 characters in a 400 px column.
+    assert isinstance(width, int) and width >= common.SKIPPED_CHAR_PX * len(long_name), width
+
+
+def test_train_page_counts_a_one_photo_set_in_words(tmp_path):
+    root = tmp_path / "one"
+    _write(root / "good.png", _png(seed=1))
+    at = app_at("app_pages/train.py", open_image_set(root))
+    heading = next(m.value for m in at.markdown if m.value.startswith("Training on"))
+    assert heading.endswith(": 1 normal training image, 0 test images."), heading
+    assert any("has 1 normal training image; at least 2 are needed" in e.value for e in at.error), [
+        e.value for e in at.error
+    ]
 
 
 def test_data_page_opens_a_server_folder(tiny_set, tmp_path, monkeypatch):
