@@ -276,6 +276,23 @@ def test_members_that_see_photos_alike_share_one_extraction_with_the_same_result
             np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
 
 
+def test_tiled_members_that_see_photos_alike_share_one_extraction_with_the_same_results(normal_images):
+    from adcore.methods.auto import _shared_tiled_predict
+
+    grid = candidate_grid(tile_size=32)
+    tiled = [c for c in grid if c.tile_size and c.normalize == "none"][:2]
+    members = [build_method("patchcore", **c.params({"image_size": 32, "seed": 0, "batch_size": 8}))
+               .fit(normal_images[:6], FitContext(device=CPU)) for c in tiled]
+    assert all(m.config_["tile_size"] == 32 for m in members)
+    probe = normal_images[10:12] + [np.ascontiguousarray(normal_images[15][:48, :56])]  # edge tiles of another size
+    for alone, shared in zip([m.predict(probe, 4) for m in members], _shared_tiled_predict(members, probe, 4)):
+        np.testing.assert_allclose(shared.scores, alone.scores, rtol=1e-6)
+        np.testing.assert_allclose(shared.embeddings, alone.embeddings, rtol=1e-6, atol=1e-7)
+        for a, b in zip(alone.anomaly_maps, shared.anomaly_maps):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+
+
 def _assert_fitted_on_every_photo(member, share: float) -> None:
     """The final memory holds the 24 normal photos' patches (the kept-aside ones too) at ``share``."""
     finest = min(int(s) for s in member.config_["layers"].split("+"))

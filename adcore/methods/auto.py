@@ -69,7 +69,7 @@ from adcore.methods.patchcore import (
 from adcore.photo_cache import PhotoCache, TiledImages, concat, take
 from adcore.registry import Param
 from adcore.synthetic import FAMILIES, make_defect
-from adcore.tiling import stitch, tile_boxes
+from adcore.tiling import cut_tiles, stitch, tile_boxes
 
 SEARCH_STRIDES = "8+16+32"  # one extraction gives every candidate's strides
 LARGE_PHOTO_SIDE = 3  # photos whose shorter side is this many times image_size also get tiled candidates
@@ -831,14 +831,18 @@ class Auto(Method):
         groups: dict[tuple, list[int]] = {}
         for k, member in enumerate(self.members_):
             c = member.config_
-            view = (c["normalize"], c["backbone"], c["image_size"], c["edge_padding"], c["keep_aspect"])
-            groups.setdefault(view if not c["tile_size"] else ("alone", k), []).append(k)
+            view = (c["normalize"], c["backbone"], c["image_size"], c["edge_padding"], c["keep_aspect"], c["tile_size"])
+            groups.setdefault(view, []).append(k)
         out: list[Prediction | None] = [None] * len(self.members_)
-        for ks in groups.values():
+        for view, ks in groups.items():
+            members = [self.members_[k] for k in ks]
             if len(ks) == 1:
-                out[ks[0]] = self.members_[ks[0]].predict(images, batch_size)
-                continue
-            for k, prediction in zip(ks, _shared_predict([self.members_[k] for k in ks], images, batch_size)):
+                parts = [members[0].predict(images, batch_size)]
+            elif view[-1]:
+                parts = _shared_tiled_predict(members, images, batch_size)
+            else:
+                parts = _shared_predict(members, images, batch_size)
+            for k, prediction in zip(ks, parts):
                 out[k] = prediction
         return out  # type: ignore[return-value]
 
@@ -1036,6 +1040,24 @@ def _shared_predict(members: list[PatchCore], images: Sequence[np.ndarray], batc
                     embeddings[j][i], maps[j][i] = e, up
     return [Prediction(scores=scores[j], embeddings=np.stack(embeddings[j]) if n else None,
                        anomaly_maps=maps[j] if n else None) for j in range(len(members))]
+
+
+def _shared_tiled_predict(members: list[PatchCore], images: Sequence[np.ndarray], batch_size: int) -> list[Prediction]:
+    """``[m.predict(images) for m in members]`` for tiled PatchCores that see the photos the same way
+    (``_shared_predict`` on each photo's tiles, then each member's map stitched as ``PatchCore.predict``
+    stitches it): the tiles go through the network once, not once per member."""
+    tile = members[0].config_["tile_size"]
+    scores = [np.zeros(len(images)) for _ in members]
+    embeddings: list[list[np.ndarray]] = [[] for _ in members]
+    maps: list[list[np.ndarray]] = [[] for _ in members]
+    for i, image in enumerate(images):
+        boxes = tile_boxes(*image.shape[:2], tile, TILE_OVERLAP)
+        for j, part in enumerate(_shared_predict(members, cut_tiles(image, boxes), batch_size)):
+            maps[j].append(stitch(part.anomaly_maps, boxes, image.shape[:2]))
+            scores[j][i] = float(maps[j][-1].max())
+            embeddings[j].append(part.embeddings.mean(0))
+    return [Prediction(scores=scores[j], embeddings=np.stack(embeddings[j]) if len(images) else None,
+                       anomaly_maps=maps[j] or None) for j in range(len(members))]
 
 
 def _patchcore(params: dict[str, Any]) -> PatchCore:
