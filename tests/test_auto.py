@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from adcore.methods import Cancelled, FitContext, build_method
-from adcore.methods.auto import BOOTSTRAP, Auto, candidate_grid, pixel_ranks, selection_scores
+from adcore.methods.auto import BOOTSTRAP, Auto, candidate_grid, describe_selection, pixel_ranks, selection_scores
 from tests.helpers import make_tiny_mvtec, textured, textured_set
 
 CPU = torch.device("cpu")
@@ -158,6 +158,20 @@ def test_cancel_stops_the_search(normal_images):
 
     with pytest.raises(Cancelled):
         build_method("auto", **TINY).fit(normal_images, FitContext(device=CPU, on_progress=on_progress, stop_event=stop))
+
+
+def test_a_spent_time_budget_ends_the_search_with_the_candidates_judged_so_far(normal_images):
+    ctx = FitContext(device=CPU, budget_s=1e-9)  # spent before the first candidate
+    method = build_method("auto", **TINY).fit(normal_images, ctx)
+    sel = method.selection_
+    views = {(r["normalize"], r["tile_size"], r["backbone"]) for r in sel["candidates"]}
+    assert len(views) == 1 and 0 < len(sel["candidates"]) < len(candidate_grid()), "one view, then it stopped"
+    assert "ran out after" in sel["stopped_by_budget"] and ctx.stopped_by_budget
+    chosen = {(m["layers"], m["neighbourhood"], m["normalize"]) for m in sel["members"]}
+    judged = {(r["layers"], r["neighbourhood"], r["normalize"]) for r in sel["candidates"]}
+    assert chosen <= judged
+    assert "time budget ran out" in describe_selection(sel)[1]
+    assert np.isfinite(method.predict(normal_images[:2]).scores).all()
 
 
 def test_selection_scores_by_hand():

@@ -328,11 +328,16 @@ class Auto(Method):
         keep = len(search_bank) == len(rest)
         rows, results = self._search(grid, search_bank, v_images, np.array(kinds), masks, np.array(source), ctx, keep)
         search_s = time.monotonic() - started
-        choice = self._decide(grid, results)
+        searched = [c for c in grid if c in results]
+        choice = self._decide(searched, results)
         combos = [self._combo_row(key, stats) for key, stats in results.items() if isinstance(key, tuple)]
         self.selection_ = {**choice.pop("table"), "candidates": rows, "combinations": combos,
                            "image_size": cfg["image_size"], "n_validation": n_val, "n_search_bank": len(search_bank),
                            "defects_per_family": per_family, "families": list(FAMILIES)}
+        if len(searched) < len(grid):
+            self.selection_["stopped_by_budget"] = (
+                f"the time budget ran out after {len(searched)} of the {len(grid)} candidates: "
+                "the choice is among those judged")
         ctx.report(step=len(grid), total_steps=len(grid), images=n, phase="search done", record=False,
                    selection=self.selection_)
         # Members are fitted without the kept-aside photos, which then choose each one's memory size
@@ -374,6 +379,10 @@ class Auto(Method):
         views = list(dict.fromkeys(c.view for c in grid))
         done = 0
         for view in views:
+            if results and ctx.out_of_budget():
+                # The time budget is spent: the candidates judged so far are the search (the table says so).
+                grid = [c for c in grid if c in results]
+                break
             members = [c for c in grid if c.view == view]
             t_view = time.monotonic()
             proto = self._prototype(members[0])
@@ -917,6 +926,8 @@ def describe_selection(selection: dict[str, Any]) -> tuple[list[dict[str, Any]],
         selection.get("decision", ""), "Still searching")
     parts = [f"{decision}. {selection['reason'][0].upper() + selection['reason'][1:]}." if selection.get("reason")
              else decision + "."]
+    if selection.get("stopped_by_budget"):
+        parts.append(selection["stopped_by_budget"][0].upper() + selection["stopped_by_budget"][1:] + ".")
     if selection.get("n_validation"):
         parts.append(
             f"Judged on {selection['n_validation']} normal photos kept aside and "
