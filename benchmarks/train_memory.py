@@ -61,7 +61,7 @@ def ensure_photos(folder: Path, count: int) -> Path:
 
 
 def measure(data: Path, method: str, params: list[str], out_root: Path) -> dict:
-    """Peak RSS (GB) and wall time (s) of one ``python -m adcore train`` process."""
+    """Peak RSS (kB, as /usr/bin/time prints it), wall and CPU time (s) of one ``python -m adcore train`` process."""
     out = out_root / f"run-{data.name}-{method}"
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "adcore", "train", "--data", str(data),
            "--method", method, "--out", str(out)]
@@ -76,7 +76,7 @@ def measure(data: Path, method: str, params: list[str], out_root: Path) -> dict:
     proc.stderr = log.read_text(errors="replace")
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", proc.stderr))
-    row = {"wall_s": wall, "cpu_s": cpu, "rss_gb": int(rss.group(1)) / 1024**2 if rss else float("nan"),
+    row = {"wall_s": wall, "cpu_s": cpu, "rss_kb": int(rss.group(1)) if rss else float("nan"),
            "rc": proc.returncode}
     if proc.returncode != 0:
         tail = [line for line in proc.stderr.splitlines() if "\r" not in line][-15:]
@@ -102,12 +102,15 @@ def main() -> int:
     out_root = Path(tempfile.mkdtemp(prefix="adcore-train-memory-runs-"))
     # CPU time (user + system) is printed beside the wall time: it says what a row costs even where
     # other jobs shared the cores.
-    print("\n| photos | method | peak RSS (GB) | wall (s) | CPU (s) |\n|---:|---|---:|---:|---:|", flush=True)
+    # /usr/bin/time's kilobytes are KiB: both units, since "6 GB" is read either way.
+    print("\n| photos | method | peak RSS (GiB) | peak RSS (GB) | wall (s) | CPU (s) |\n|---:|---|---:|---:|---:|---:|",
+          flush=True)
     failed = 0
     for n, data in sets.items():
         row = measure(data, args.method, args.param, out_root)
         label = " ".join([args.method] + args.param)
-        print(f"| {n} | {label} | {row['rss_gb']:.2f} | {row['wall_s']:.0f} | {row['cpu_s']:.0f} |", flush=True)
+        gib, gb = row["rss_kb"] / 1024**2, row["rss_kb"] * 1024 / 1e9
+        print(f"| {n} | {label} | {gib:.2f} | {gb:.2f} | {row['wall_s']:.0f} | {row['cpu_s']:.0f} |", flush=True)
         if row["rc"]:
             failed += 1
             print(f"  (failed, exit {row['rc']}):\n{row['error']}", flush=True)
