@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
 from adcore import viz
@@ -216,11 +217,21 @@ def threshold_panel(run: Run, ctx: viz.ScoreContext, choice: dict[str, Any] | No
         st.checkbox, "Plot the training normals too (the model has seen them: they score low)",
         key=f"{prefix}.show_train", value=False,
     )  # fmt: skip
-    view = viz.threshold_view(ctx, threshold.value, chosen_from_reference=mode == BY_TARGET, show_train=show_train)
+    distribution = st.container()  # above the curves' switch
+    table, label = ctx.evaluation
+    # The curves are off at first: three figures cost a page open more than its 1 s budget.
+    curves = table is not None and common.remembered(
+        st.toggle, "ROC and precision–recall curves", key="scores.curves", value=False,
+        help=f"How recall, false alarms and precision trade off over every threshold, with this one marked: "
+        f"{label}.",
+    )  # fmt: skip
+    view = viz.threshold_view(
+        ctx, threshold.value, chosen_from_reference=mode == BY_TARGET, show_train=show_train, curves=curves
+    )
     with numbers:
         show_reliability(ctx, threshold, view)
         show_metrics(ctx, view)
-    st.plotly_chart(view.distribution, key=f"{prefix}.distribution")
+    distribution.plotly_chart(view.distribution, key=f"{prefix}.distribution")
     if view.roc is not None:
         roc_col, pr_col = st.columns(2)
         roc_col.plotly_chart(view.roc, key=f"{prefix}.roc")
@@ -309,13 +320,10 @@ def show_metrics(ctx: viz.ScoreContext, view: viz.ThresholdView) -> None:
             caveat = synthetic_caveat(ctx.run)
             if caveat:
                 st.warning(caveat, icon=":material/warning:")
-    st.dataframe(
-        [{**r, "share flagged": 100 * r["share flagged"]} for r in view.group_rows],
+    # A plain table: an interactive data grid costs a page open 0.2 s in the browser, for a few rows.
+    st.table(
+        pd.DataFrame([{**r, "share flagged": percent(r["share flagged"])} for r in view.group_rows]),
         hide_index=True,
-        width="stretch",
-        column_config={
-            "share flagged": st.column_config.ProgressColumn(format="%.0f %%", min_value=0.0, max_value=100.0),
-        },
     )
 
 

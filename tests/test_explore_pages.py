@@ -181,9 +181,15 @@ def test_a_normal_only_run_gets_an_honest_threshold(runs):
     assert metric(at, "Hold-out normals flagged") == f"0 of {n_holdout}"  # never flags every one
     assert "a first estimate before any real defect has been collected" in page
     assert "Synthetic cutpaste defects (pasted onto hold-out normals, not real)" in page
-    assert not at.table, "no confusion matrix without real defects"
-    assert at.get("plotly_chart"), "distribution and the synthetic ROC/PR curves"
-    assert "synthetic defects pasted onto the hold-out normals" in page
+    columns = [list(t.value.columns) for t in at.table]
+    assert columns == [["group", "images", "flagged", "share flagged", "flagged means"]], "no confusion matrix"
+    charts = len(at.get("plotly_chart"))  # the distribution and the scores during training
+    curves = at.toggle(key="scores.curves")
+    assert not curves.value, "the curves wait behind their switch"
+    assert curves.help.endswith("hold-out normals vs synthetic defects (not real).")
+    rerun(curves.set_value(True))
+    assert len(at.get("plotly_chart")) == charts + 2, "the synthetic ROC and PR curves"
+    assert "synthetic defects pasted onto the hold-out normals" in texts(at)
     assert not [b for b in at.button if b.key and b.key.endswith(".f1")], "no F1 without labelled defects"
 
 

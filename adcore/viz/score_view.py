@@ -149,10 +149,12 @@ def threshold_view(
     *,
     chosen_from_reference: bool = False,
     show_train: bool = False,
+    curves: bool = True,
     gallery_size: int = 8,
     height: int = 380,
 ) -> ThresholdView:
-    """Metrics, figures and gallery rows at ``threshold`` (flagged: score >= threshold)."""
+    """Metrics, figures and gallery rows at ``threshold`` (flagged: score >= threshold); ``curves``:
+    build the ROC and precision-recall figures (where there is something to draw them on)."""
     t = float(threshold)
     table, label = ctx.evaluation
     point = table.at(t) if table is not None else None
@@ -169,8 +171,8 @@ def threshold_view(
         recalls=recalls,
         group_rows=group_rate_rows(ctx, t, shown),
         distribution=score_distribution_figure(ctx, t, shown, height=height),
-        roc=None if table is None else roc_figure(table.roc, point, label),
-        pr=None if table is None else pr_figure(table.pr, point, label),
+        roc=None if table is None or not curves else roc_figure(table.roc, point, label),
+        pr=None if table is None or not curves else pr_figure(table.pr, point, label),
         gallery=gallery_rows(ctx, t, gallery_size),
     )
 
