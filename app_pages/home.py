@@ -69,18 +69,21 @@ else:
     train_state = "No run on this set yet."
 step(columns[1], 2, "Train", train_state, latest is not None)
 with columns[1]:
-    st.button(
-        "Train the recommended method on this set",
-        type="primary" if latest is None else "secondary",
-        icon=":material/play_arrow:",
-        key="home.train",
-        on_click=train_recommended,
-        disabled=len(image_set.normal_train) < 2,
-        help=f"{recommended.title} with its default settings; it stops after "
-        f"{catalog.RECOMMENDED_BUDGET_S / 60:.0f} min at most and keeps what it has learned.",
-    )
-    st.caption(f"{recommended.title}: {catalog.format_estimate(estimate)} on this set.")
-    st.page_link("app_pages/train.py", label="Pick a method yourself", icon=":material/tune:")
+    if active:  # a second click would only queue the same run again
+        st.page_link("app_pages/train.py", label="Watch it on the Train page", icon=":material/monitoring:")
+    else:
+        st.button(
+            "Train the recommended method on this set",
+            type="primary" if latest is None else "secondary",
+            icon=":material/play_arrow:",
+            key="home.train",
+            on_click=train_recommended,
+            disabled=len(image_set.normal_train) < 2,
+            help=f"{recommended.title} with its default settings; it stops after "
+            f"{catalog.RECOMMENDED_BUDGET_S / 60:.0f} min at most and keeps what it has learned.",
+        )
+        st.caption(f"{recommended.title}: {catalog.format_estimate(estimate)} on this set.")
+        st.page_link("app_pages/train.py", label="Pick a method yourself", icon=":material/tune:")
 
 # 3. Threshold
 threshold = None

@@ -538,3 +538,10 @@ def test_a_run_s_synthetic_defects_are_pasted_once_for_every_picture_of_them(run
     calls.clear()
     old = common.row_thumbnails(common.load_run_scores(old_path), synthetic[:3])
     assert calls == [runs["labelled"]] and all(np.array_equal(a, b) for a, b in zip(old, thumbs))
+
+
+def test_compare_names_the_image_size_a_self_configuring_run_chose():
+    config = {"method": "auto", "params": {"image_size": 0}, "selection": {"image_size": 256}, "data": {}}
+    assert viz.comparison_row(config, "r1", {"image_size": 0}, 0.5, None)["image size"] == 256
+    fixed = {"method": "patchcore", "params": {"image_size": 224}, "data": {}}
+    assert viz.comparison_row(fixed, "r2", {"image_size": 224}, 0.5, None)["image size"] == 224

@@ -82,3 +82,20 @@ def test_a_set_too_small_to_train_cannot_be_trained_with_one_click(tmp_path):
     at = home(image_set)
     assert at.button(key="home.train").disabled
     assert "1 normal photo in" in texts(at)
+
+
+def test_while_the_recommended_run_trains_home_offers_to_watch_it_not_to_queue_another(tmp_path):
+    image_set = common.open_set(str(make_tiny_mvtec(tmp_path / "tiny")))
+    slow = TrainSpec(data=str(image_set.root), method="autoencoder", name="slow",
+                     params={"image_size": 32, "epochs": 2000, "width": 8, "batch_size": 4})  # fmt: skip
+    manager = common.job_manager()
+    job = manager.submit(slow, image_set=image_set)
+    try:
+        at = home(image_set)
+        assert not [b for b in at.button if b.key == "home.train"], "no second one-click run while one trains"
+        assert "Training Convolutional autoencoder:" in texts(at)
+    finally:
+        job.cancel()
+        manager.wait(job, timeout=TIMEOUT_S)
+    at.run()
+    assert at.button(key="home.train").label == "Train the recommended method on this set"

@@ -149,7 +149,8 @@ def comparison_row(
         "method": row["method"],
         "augmentations": ", ".join(augmentations) or "none",
         "key params": key_params(config, defaults),
-        "image size": (config.get("params") or {}).get("image_size"),
+        # A self-configuring method's 0 ("from the photos") is resolved in its selection.
+        "image size": (config.get("params") or {}).get("image_size") or (config.get("selection") or {}).get("image_size"),
         "device": (row["device"] or "").split(" (")[0],
         "training s": row["training s"],
     }
