@@ -18,6 +18,7 @@ if __name__ == "__main__" and not st.runtime.exists():
         import adcore.report  # noqa: F401
         import adcore.training  # noqa: F401
         import adcore.viz  # noqa: F401  (plotly)
+        import pandas.io.formats.style  # noqa: F401  (jinja2 and its templates: Compare's styled table)
 
     threading.Thread(target=_preload, name="preload", daemon=True).start()
     sys.argv = ["streamlit", "run", __file__, *sys.argv[1:]]

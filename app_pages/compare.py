@@ -164,8 +164,8 @@ def side_by_side(items: list[Entry], view: str, presentation: bool) -> None:
                     st.caption(f"{e.row['method']} · threshold {e.threshold.value:.4g} ({e.threshold.how})")
                 groups = [g for g in e.ctx.order if g != "train normal"]
                 height = 480 if presentation else 360
-                figure = viz.score_distribution_figure(e.ctx, e.threshold.value, groups, height=height)
-                st.plotly_chart(figure, key=f"compare.dist.{e.run.run_id}")
+                chart = viz.score_distribution_chart(e.ctx, e.threshold.value, groups, height=height)
+                st.altair_chart(chart, key=f"compare.dist.{e.run.run_id}", width="stretch")
 
 
 def hand_off(items: list[Entry], default: str | None) -> None:

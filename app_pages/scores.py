@@ -226,16 +226,16 @@ def threshold_panel(run: Run, ctx: viz.ScoreContext, choice: dict[str, Any] | No
         f"{label}.",
     )  # fmt: skip
     view = viz.threshold_view(
-        ctx, threshold.value, chosen_from_reference=mode == BY_TARGET, show_train=show_train, curves=curves
+        ctx, threshold.value, chosen_from_reference=mode == BY_TARGET, show_train=show_train, curves=curves, vega=True
     )
     with numbers:
         show_reliability(ctx, threshold, view)
         show_metrics(ctx, view)
-    distribution.plotly_chart(view.distribution, key=f"{prefix}.distribution")
+    distribution.altair_chart(view.distribution, key=f"{prefix}.distribution", width="stretch")
     if view.roc is not None:
         roc_col, pr_col = st.columns(2)
-        roc_col.plotly_chart(view.roc, key=f"{prefix}.roc")
-        pr_col.plotly_chart(view.pr, key=f"{prefix}.pr")
+        roc_col.altair_chart(view.roc, key=f"{prefix}.roc", width="stretch")
+        pr_col.altair_chart(view.pr, key=f"{prefix}.pr", width="stretch")
         if not ctx.has_real_defects:
             st.caption("Both curves use synthetic defects pasted onto the hold-out normals, not real defects.")
     show_gallery(run, ctx, view, prefix)

@@ -183,12 +183,13 @@ def test_a_normal_only_run_gets_an_honest_threshold(runs):
     assert "Synthetic cutpaste defects (pasted onto hold-out normals, not real)" in page
     columns = [list(t.value.columns) for t in at.table]
     assert columns == [["group", "images", "flagged", "share flagged", "flagged means"]], "no confusion matrix"
-    charts = len(at.get("plotly_chart"))  # the distribution and the scores during training
+    assert len(at.get("vega_lite_chart")) == 1, "the distribution (Vega-Lite: no plotly.js to load)"
     curves = at.toggle(key="scores.curves")
     assert not curves.value, "the curves wait behind their switch"
     assert curves.help.endswith("hold-out normals vs synthetic defects (not real).")
     rerun(curves.set_value(True))
-    assert len(at.get("plotly_chart")) == charts + 2, "the synthetic ROC and PR curves"
+    charts = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    assert [c["title"]["text"].split(" · ")[0] for c in charts[1:]] == ["ROC", "Precision vs recall"]
     assert "synthetic defects pasted onto the hold-out normals" in texts(at)
     assert not [b for b in at.button if b.key and b.key.endswith(".f1")], "no F1 without labelled defects"
 
@@ -286,6 +287,7 @@ def test_compare_highlights_and_presents(runs):
     assert not any("background" in style for style in styles), "no 'best' across different data"
     caveat = "Not comparable: these runs were trained and tested on different data"
     assert caveat in " ".join(w.value for w in at.warning)
+    assert len(at.get("vega_lite_chart")) == 2, "each run's score distribution"
     rerun(at.segmented_control(key="compare.view").set_value("roc"))
     assert at.get("plotly_chart")
     rerun(at.toggle(key="compare.presentation").set_value(True))

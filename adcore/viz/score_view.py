@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-import plotly.graph_objects as go
 
 from adcore.projection import group_order, map_groups
 from adcore.threshold import (
@@ -21,6 +20,7 @@ from adcore.threshold import (
     run_tables,
     synthetic_recall,
 )
+from adcore.viz import charts
 from adcore.viz.figures import group_kind, group_label, pr_figure, roc_figure, score_distribution_figure
 from adcore.viz.run_images import row_name
 
@@ -137,9 +137,9 @@ class ThresholdView:
     estimate: Any  # FalseAlarmEstimate on the reference normals
     recalls: list[Any]  # RecallEstimate per real defect class, then per synthetic kind
     group_rows: list[dict[str, Any]]
-    distribution: go.Figure
-    roc: go.Figure | None
-    pr: go.Figure | None
+    distribution: Any  # a plotly figure, or a Vega-Lite chart (``vega=True``)
+    roc: Any | None
+    pr: Any | None
     gallery: dict[str, tuple[np.ndarray, int]]  # title -> (rows shown, how many in all)
 
 
@@ -150,11 +150,13 @@ def threshold_view(
     chosen_from_reference: bool = False,
     show_train: bool = False,
     curves: bool = True,
+    vega: bool = False,
     gallery_size: int = 8,
     height: int = 380,
 ) -> ThresholdView:
     """Metrics, figures and gallery rows at ``threshold`` (flagged: score >= threshold); ``curves``:
-    build the ROC and precision-recall figures (where there is something to draw them on)."""
+    build the ROC and precision-recall figures (where there is something to draw them on); ``vega``:
+    as Vega-Lite charts (``adcore.viz.charts``, the pages) rather than plotly figures (the report)."""
     t = float(threshold)
     table, label = ctx.evaluation
     point = table.at(t) if table is not None else None
@@ -170,9 +172,11 @@ def threshold_view(
         estimate=estimate,
         recalls=recalls,
         group_rows=group_rate_rows(ctx, t, shown),
-        distribution=score_distribution_figure(ctx, t, shown, height=height),
-        roc=None if table is None or not curves else roc_figure(table.roc, point, label),
-        pr=None if table is None or not curves else pr_figure(table.pr, point, label),
+        distribution=(charts.score_distribution_chart if vega else score_distribution_figure)(
+            ctx, t, shown, height=height
+        ),
+        roc=None if table is None or not curves else (charts.roc_chart if vega else roc_figure)(table.roc, point, label),
+        pr=None if table is None or not curves else (charts.pr_chart if vega else pr_figure)(table.pr, point, label),
         gallery=gallery_rows(ctx, t, gallery_size),
     )
 
