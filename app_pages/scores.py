@@ -432,7 +432,7 @@ else:
         "those epochs: the boxes should move apart as training goes on. Early scores may be on another scale "
         "than the final ones (a method may calibrate its maps once training ends)."
     )
-    st.plotly_chart(viz.score_history_figure(history), key="scores.history")
+    st.altair_chart(viz.score_history_chart(history), key="scores.history", width="stretch")
 
 st.subheader("With a few labelled defects")
 few_shot(run, ctx)

@@ -174,3 +174,34 @@ def _curve_chart(frame: pd.DataFrame, chance_x: list[float], chance_y: list[floa
         height=height - 70, width="container",
         title=alt.TitleParams(f"{title} · {label}" if label else title, fontSize=13, anchor="start", limit=0),
     )
+
+
+def score_history_chart(history: dict[str, np.ndarray], *, height: int = 360) -> alt.LayerChart:
+    """Score distributions per training epoch (``adcore.projection.score_history``): a box per group
+    and epoch (quartiles, whiskers at 1.5 IQR), the groups side by side within each epoch."""
+    groups = list(dict.fromkeys(history["group"].tolist()))
+    colours = group_colors(groups)
+    boxes = []
+    for epoch in sorted(set(history["epoch"].tolist())):
+        for group in groups:
+            values = history["score"][(history["epoch"] == epoch) & (history["group"] == group)]
+            if values.size:
+                boxes.append({"epoch": int(epoch), "group": group_label(group), **_box_stats(values)})
+    labels = [group_label(g) for g in groups]
+    data = alt.Data(values=_records(boxes))
+    x = alt.X("epoch:O", title="epoch", axis=alt.Axis(labelAngle=0, titlePadding=8))
+    offset = alt.XOffset("group:N", sort=labels)
+    colour = alt.Color("group:N", sort=labels, scale=alt.Scale(domain=labels, range=[colours[g] for g in groups]),
+                       legend=alt.Legend(orient="bottom", title=None, labelLimit=0))  # fmt: skip
+    y_axis = alt.Axis(title="anomaly score", titlePadding=8)
+    y_scale = alt.Scale(zero=False)
+    whisker = alt.Chart(data).mark_rule().encode(x=x, xOffset=offset, y=alt.Y("low:Q", axis=y_axis, scale=y_scale), y2="high:Q",
+                                                 color=colour)  # fmt: skip
+    box = alt.Chart(data).mark_bar(opacity=0.35, stroke="black", strokeWidth=0.5).encode(
+        x=x, xOffset=offset, y=alt.Y("q1:Q", axis=y_axis, scale=y_scale), y2="q3:Q", color=colour,
+        tooltip=[alt.Tooltip("epoch:O"), alt.Tooltip("group:N"), alt.Tooltip("median:Q", format=".4g")],
+    )  # fmt: skip
+    median = alt.Chart(data).mark_tick(thickness=2, color="black").encode(
+        x=x, xOffset=offset, y=alt.Y("median:Q", axis=y_axis, scale=y_scale)
+    )
+    return alt.layer(whisker, box, median).properties(height=height, width="container")  # the page titles it
