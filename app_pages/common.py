@@ -656,7 +656,7 @@ def _row_thumbnails(path: str, version: int, rows: tuple[int, ...], size: int) -
     for i, row in enumerate(rows):
         record = records.get(str(rel[row]))
         if role[row] == "synthetic" and stored is not None:
-            position = int(np.count_nonzero(role[:row] == "synthetic"))
+            position = viz.synthetic_position(run.results, row)
             thumb = stacked_thumbnail(stored, run.results["synthetic_thumbnail_shape"], position)
             out[i] = viz.fit_size(thumb, size)
         elif role[row] != "synthetic" and record is not None:

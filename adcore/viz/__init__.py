@@ -59,6 +59,7 @@ from adcore.viz.run_images import (  # noqa: F401
     run_row_image,
     run_row_images,
     synthetic_images,
+    synthetic_position,
 )
 from adcore.viz.score_view import (  # noqa: F401
     confusion_table,

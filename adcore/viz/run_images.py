@@ -50,10 +50,16 @@ def run_row_image(run: Any, row: int, synthetic: list[np.ndarray] | None = None)
     if str(results["role"][row]) != "synthetic":
         return _read_run_file(run, str(results["rel_path"][row]))
     synthetic = synthetic_images(run) if synthetic is None else synthetic
-    position = int(np.count_nonzero(results["role"][:row] == "synthetic"))
+    position = synthetic_position(results, row)
     if position >= len(synthetic):
         raise ImageError("the synthetic defects of this run cannot be pasted again")
     return synthetic[position]
+
+
+def synthetic_position(results: dict[str, np.ndarray], row: int) -> int:
+    """Which of the run's synthetic defects (in the order training pasted them) synthetic row ``row`` is:
+    the index into ``synthetic_images`` and into the stored ``synthetic_thumbnail`` stack."""
+    return int(np.count_nonzero(results["role"][:row] == "synthetic"))
 
 
 def _read_run_file(run: Any, rel_path: str) -> np.ndarray:
