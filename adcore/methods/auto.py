@@ -65,11 +65,12 @@ from adcore.methods.patchcore import (
     greedy_coreset,
     knn_distance,
     patch_embedding,
+    predict_tiled,
 )
 from adcore.photo_cache import PhotoCache, TiledImages, concat, take
 from adcore.registry import Param
 from adcore.synthetic import FAMILIES, make_defect
-from adcore.tiling import cut_tiles, stitch, tile_boxes
+from adcore.tiling import stitch, tile_boxes
 
 SEARCH_STRIDES = "8+16+32"  # one extraction gives every candidate's strides
 LARGE_PHOTO_SIDE = 3  # photos whose shorter side is this many times image_size also get tiled candidates
@@ -1054,21 +1055,10 @@ def _shared_predict(members: list[PatchCore], images: Sequence[np.ndarray], batc
 
 
 def _shared_tiled_predict(members: list[PatchCore], images: Sequence[np.ndarray], batch_size: int) -> list[Prediction]:
-    """``[m.predict(images) for m in members]`` for tiled PatchCores that see the photos the same way
-    (``_shared_predict`` on each photo's tiles, then each member's map stitched as ``PatchCore.predict``
-    stitches it): the tiles go through the network once, not once per member."""
+    """``[m.predict(images) for m in members]`` for tiled PatchCores that see the photos the same way:
+    each photo's tiles go through the network once (``_shared_predict``), not once per member."""
     tile = members[0].config_["tile_size"]
-    scores = [np.zeros(len(images)) for _ in members]
-    embeddings: list[list[np.ndarray]] = [[] for _ in members]
-    maps: list[list[np.ndarray]] = [[] for _ in members]
-    for i, image in enumerate(images):
-        boxes = tile_boxes(*image.shape[:2], tile, TILE_OVERLAP)
-        for j, part in enumerate(_shared_predict(members, cut_tiles(image, boxes), batch_size)):
-            maps[j].append(stitch(part.anomaly_maps, boxes, image.shape[:2]))
-            scores[j][i] = float(maps[j][-1].max())
-            embeddings[j].append(part.embeddings.mean(0))
-    return [Prediction(scores=scores[j], embeddings=np.stack(embeddings[j]) if len(images) else None,
-                       anomaly_maps=maps[j] or None) for j in range(len(members))]
+    return predict_tiled(images, tile, len(members), lambda tiles: _shared_predict(members, tiles, batch_size))
 
 
 def _patchcore(params: dict[str, Any]) -> PatchCore:

@@ -118,22 +118,8 @@ class PretrainedFeatures(Method):
         tile = self.config_["tile_size"]
         if not tile:
             return super().predict(images, batch_size)
-        scores, embeddings, maps = np.zeros(len(images)), [], []
-        for i, image in enumerate(images):
-            boxes = tile_boxes(*image.shape[:2], tile, TILE_OVERLAP)
-            part = super().predict(cut_tiles(image, boxes), batch_size)
-            if part.anomaly_maps is not None:
-                maps.append(stitch(part.anomaly_maps, boxes, image.shape[:2]))
-                scores[i] = float(maps[-1].max())
-            else:
-                scores[i] = float(part.scores.max())
-            if part.embeddings is not None:
-                embeddings.append(part.embeddings.mean(0))
-        return Prediction(
-            scores=scores,
-            embeddings=np.stack(embeddings) if embeddings else None,
-            anomaly_maps=maps or None,
-        )
+        whole = super().predict  # each tile as a photo
+        return predict_tiled(images, tile, 1, lambda tiles: [whole(tiles, batch_size)])[0]
 
     def _each_batch(self, images: Sequence[np.ndarray], ctx: FitContext, phase: str) -> Iterator[torch.Tensor]:
         """Yield (B, 3, H, W) tensors of ``images`` at their input shapes, reporting progress; stops
@@ -349,6 +335,34 @@ class PatchCoreModel(nn.Module):
     def forward(self, x: torch.Tensor) -> dict:
         emb = self.embed(x)
         return self.outputs(x, emb, self.distances(emb))
+
+
+def predict_tiled(
+    images: Sequence[np.ndarray], tile: int, n_models: int,
+    predict_tiles: Callable[[list[np.ndarray]], list[Prediction]],
+) -> list[Prediction]:
+    """Score photos tile by tile: ``predict_tiles`` gives ``n_models`` Predictions for one photo's tiles
+    (several models may share the network pass); each model's photo map is stitched from its tiles'
+    maps, its score is the stitched map's maximum (or the highest tile score where there are no maps)
+    and its embedding the tiles' mean. One Prediction per model."""
+    scores = [np.zeros(len(images)) for _ in range(n_models)]
+    embeddings: list[list[np.ndarray]] = [[] for _ in range(n_models)]
+    maps: list[list[np.ndarray]] = [[] for _ in range(n_models)]
+    for i, image in enumerate(images):
+        boxes = tile_boxes(*image.shape[:2], tile, TILE_OVERLAP)
+        for j, part in enumerate(predict_tiles(cut_tiles(image, boxes))):
+            if part.anomaly_maps is not None:
+                maps[j].append(stitch(part.anomaly_maps, boxes, image.shape[:2]))
+                scores[j][i] = float(maps[j][-1].max())
+            else:
+                scores[j][i] = float(part.scores.max())
+            if part.embeddings is not None:
+                embeddings[j].append(part.embeddings.mean(0))
+    return [
+        Prediction(scores=scores[j], embeddings=np.stack(embeddings[j]) if embeddings[j] else None,
+                   anomaly_maps=maps[j] or None)
+        for j in range(n_models)
+    ]  # fmt: skip
 
 
 @register_method
