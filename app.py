@@ -3,24 +3,21 @@
 import streamlit as st
 
 if __name__ == "__main__" and not st.runtime.exists():
-    # ``python app.py [streamlit options]`` (dev.sh app): start the server, and load the libraries the
-    # pages need (torch, scikit-learn, plotly: seconds) beside it, so the first visitor does not wait
-    # for them. Streamlit then runs this file again as the app's script, where the runtime exists.
+    # ``python app.py [streamlit options]`` (dev.sh app): load the libraries the pages need (torch,
+    # scikit-learn, plotly: seconds on a small machine) first, then start the server in this process,
+    # so the address it prints opens at once: the first visitor does not wait for those imports.
+    # Streamlit then runs this file again as the app's script, where the runtime exists.
     import sys
-    import threading
 
+    import adcore.jobs  # noqa: F401  (torch and the methods)
+    import adcore.loaded_model  # noqa: F401
+    import adcore.projection  # noqa: F401  (scikit-learn)
+    import adcore.report  # noqa: F401
+    import adcore.training  # noqa: F401
+    import adcore.viz  # noqa: F401  (plotly)
+    import pandas.io.formats.style  # noqa: F401  (jinja2 and its templates: Compare's styled table)
     from streamlit.web import cli
 
-    def _preload() -> None:
-        import adcore.jobs  # noqa: F401  (torch and the methods)
-        import adcore.loaded_model  # noqa: F401
-        import adcore.projection  # noqa: F401  (scikit-learn)
-        import adcore.report  # noqa: F401
-        import adcore.training  # noqa: F401
-        import adcore.viz  # noqa: F401  (plotly)
-        import pandas.io.formats.style  # noqa: F401  (jinja2 and its templates: Compare's styled table)
-
-    threading.Thread(target=_preload, name="preload", daemon=True).start()
     sys.argv = ["streamlit", "run", __file__, *sys.argv[1:]]
     sys.exit(cli.main())
 

@@ -165,7 +165,7 @@ def side_by_side(items: list[Entry], view: str, presentation: bool) -> None:
                 groups = [g for g in e.ctx.order if g != "train normal"]
                 height = 480 if presentation else 360
                 chart = viz.score_distribution_chart(e.ctx, e.threshold.value, groups, height=height)
-                st.altair_chart(chart, key=f"compare.dist.{e.run.run_id}", width="stretch")
+                st.vega_lite_chart(spec=chart, key=f"compare.dist.{e.run.run_id}", width="stretch")
 
 
 def hand_off(items: list[Entry], default: str | None) -> None:

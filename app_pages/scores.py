@@ -231,11 +231,11 @@ def threshold_panel(run: Run, ctx: viz.ScoreContext, choice: dict[str, Any] | No
     with numbers:
         show_reliability(ctx, threshold, view)
         show_metrics(ctx, view)
-    distribution.altair_chart(view.distribution, key=f"{prefix}.distribution", width="stretch")
+    distribution.vega_lite_chart(spec=view.distribution, key=f"{prefix}.distribution", width="stretch")
     if view.roc is not None:
         roc_col, pr_col = st.columns(2)
-        roc_col.altair_chart(view.roc, key=f"{prefix}.roc", width="stretch")
-        pr_col.altair_chart(view.pr, key=f"{prefix}.pr", width="stretch")
+        roc_col.vega_lite_chart(spec=view.roc, key=f"{prefix}.roc", width="stretch")
+        pr_col.vega_lite_chart(spec=view.pr, key=f"{prefix}.pr", width="stretch")
         if not ctx.has_real_defects:
             st.caption("Both curves use synthetic defects pasted onto the hold-out normals, not real defects.")
     show_gallery(run, ctx, view, prefix)
@@ -432,7 +432,7 @@ else:
         "those epochs: the boxes should move apart as training goes on. Early scores may be on another scale "
         "than the final ones (a method may calibrate its maps once training ends)."
     )
-    st.altair_chart(viz.score_history_chart(history), key="scores.history", width="stretch")
+    st.vega_lite_chart(spec=viz.score_history_chart(history), key="scores.history", width="stretch")
 
 st.subheader("With a few labelled defects")
 few_shot(run, ctx)

@@ -401,7 +401,7 @@ def test_the_pages_vega_charts_draw_the_same_boxes_axis_and_threshold_as_the_rep
     results = {"rel_path": np.array([f"{i}.png" for i in range(role.size)]), "split": role, "label": label,
                "role": role, "score": score}  # fmt: skip
     ctx = viz.score_context(Run(tmp_path, {"method": "fake", "params": {}}, [], results))
-    spec = viz.score_distribution_chart(ctx, 1.5).to_dict()
+    spec = viz.score_distribution_chart(ctx, 1.5)
     data = [layer["data"]["values"] for layer in spec["layer"]]
     threshold, boxes, points = data[0][0], data[3], data[6]
     assert threshold["t"] == 1.5 and threshold["text"] == "threshold 1.5 → flagged"
@@ -415,8 +415,34 @@ def test_the_pages_vega_charts_draw_the_same_boxes_axis_and_threshold_as_the_rep
     assert x["axis"]["title"][1] == "9 synthetic score(s) up to 101 lie further right"
     history = {"epoch": np.array([1, 1, 2, 2]), "group": np.array(["hold-out normal"] * 4),
                "score": np.array([0.1, 0.3, 0.2, 0.6])}  # fmt: skip
-    boxes = viz.score_history_chart(history).to_dict()["data"]["values"]
+    boxes = viz.score_history_chart(history)["data"]["values"]
     assert [(b["epoch"], b["median"]) for b in boxes] == [(1, pytest.approx(0.2)), (2, pytest.approx(0.4))]
+
+
+def test_every_vega_chart_is_a_valid_vega_lite_spec(tmp_path):
+    """The pages build their specs as plain dicts (no run-time schema check): check them against the
+    Vega-Lite schema here, with and without a threshold, with a marked point on each curve."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from altair.vegalite.v6.schema import load_schema  # Streamlit's own dependency; only the schema is used
+
+    role = np.repeat(["train", "holdout", "test", "test", "synthetic"], 6)
+    label = np.repeat(["good", "good", "good", "dent", "synthetic scar"], 6)
+    score = np.repeat([0.0, 0.1, 0.2, 1.0, 3.0], 6) + np.tile(np.linspace(0, 1, 6), 5)
+    results = {"rel_path": np.array([f"{i}.png" for i in range(role.size)]), "split": role, "label": label,
+               "role": role, "score": score}  # fmt: skip
+    ctx = viz.score_context(Run(tmp_path, {"method": "fake", "params": {}}, [], results))
+    view = viz.threshold_view(ctx, 1.2, chosen_from_reference=True, show_train=True, curves=True, vega=True)
+    history = {"epoch": np.array([1, 1, 2, 2]), "group": np.array(["hold-out normal", "synthetic scar"] * 2),
+               "score": np.array([0.1, 0.3, 0.2, 0.6])}  # fmt: skip
+    specs = {"distribution": view.distribution, "no threshold": viz.score_distribution_chart(ctx, None),
+             "roc": view.roc, "pr": view.pr, "history": viz.score_history_chart(history)}  # fmt: skip
+    assert view.roc is not None and len(view.roc["layer"]) == 3, "the curve with its operating point"
+    validator = jsonschema.Draft7Validator(load_schema())
+    for name, spec in specs.items():
+        errors = [e.message for e in validator.iter_errors(json.loads(json.dumps(spec)))]
+        assert not errors, f"{name}: {errors[:3]}"
+    broken = {**specs["roc"], "mark": "curve"}  # and the check can fail
+    assert list(validator.iter_errors(json.loads(json.dumps(broken))))
 
 
 def test_synthetic_recall_is_flagged_as_optimistic_when_the_method_learned_such_pastes(runs, tmp_path, monkeypatch):

@@ -1,20 +1,24 @@
-"""Vega-Lite (Altair) versions of the score figures the dashboard's pages draw on opening: the score
-distributions by group with the threshold, and the ROC and precision-recall curves.
+"""Vega-Lite versions of the score figures the dashboard's pages draw on opening: the score
+distributions by group with the threshold, the ROC and precision-recall curves, and the scores during
+training. Each function returns a Vega-Lite spec as a plain dict (``st.vega_lite_chart(spec=...)``).
 
 Why not the plotly figures of ``figures``: a browser tab evaluates plotly.js (several MB) the first time
 it draws a plotly figure, about 1.2 s on 2 CPU cores, so the first page with a figure took over 2 s to
 open. Vega-Lite starts in 0.1-0.3 s. The self-contained HTML report keeps the plotly figures (plotly.js
 is inlined there, and nothing waits on it); the Embeddings map stays plotly for its lasso selection.
 Both draw the same data with the same colours, symbols, clipping and sampling (``figures``' helpers).
+
+Why plain dicts rather than Altair objects: building the distribution chart with Altair and checking it
+against the Vega-Lite JSON schema took 0.15-0.3 s of the server's time on every threshold move; the
+dict takes about a millisecond. The specs are fixed by this module, so there is nothing for a schema
+check to catch at run time (the tests draw each one).
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-import altair as alt
 import numpy as np
-import pandas as pd
 from sklearn.metrics import auc
 
 from adcore.viz.figures import (
@@ -27,10 +31,30 @@ from adcore.viz.figures import (
     group_label,
 )
 
+Spec = dict[str, Any]
+
 FLAGGED_FILL = "#d62728"  # the flagged side of the threshold, drawn faintly
 CURVE_COLOR = "#2f6fb0"
 POINT_COLOR = "#d62728"
 ROW_PX = 46  # height per group row
+
+
+def _field(name: str, kind: str, **options: Any) -> dict[str, Any]:
+    """An encoding channel: ``kind`` is Vega-Lite's type ("quantitative", "nominal", "ordinal")."""
+    return {"field": name, "type": kind, **options}
+
+
+def _layer(values: list[dict[str, Any]], mark: dict[str, Any], **encoding: Any) -> Spec:
+    return {"data": {"values": values}, "mark": mark, "encoding": encoding}
+
+
+def _tip(name: str, kind: str, title: str | None = None, fmt: str | None = None) -> dict[str, Any]:
+    tip = _field(name, kind)
+    if title:
+        tip["title"] = title
+    if fmt:
+        tip["format"] = fmt
+    return tip
 
 
 def _box_stats(values: np.ndarray) -> dict[str, float]:
@@ -42,7 +66,7 @@ def _box_stats(values: np.ndarray) -> dict[str, float]:
 
 def score_distribution_chart(
     ctx: Any, threshold: float | None, groups: Sequence[str] | None = None, *, height: int = 380
-) -> alt.LayerChart:
+) -> Spec:
     """Scores of each group as a box (quartiles, whiskers at 1.5 IQR) with its images as jittered
     points, one row per group, and the threshold as a dashed line over a shaded "flagged" side.
     ``ctx`` is a ``score_view.ScoreContext``. A group of more than ``MAX_BOX_POINTS`` images shows
@@ -72,52 +96,55 @@ def score_distribution_chart(
     pad = 0.04 * (high - low) or 1.0
     domain = [low - pad, high + pad]
     title = "anomaly score (higher = more anomalous)"
-    x_axis = alt.Axis(title=[title, f"{beyond} lie further right"] if beyond else title, titlePadding=8)
-    x_scale = alt.Scale(domain=domain, nice=False, zero=False)
-    y = alt.Y("group:N", sort=labels, title=None, axis=alt.Axis(labelLimit=260, labelFontSize=12))
-    colour = alt.Color("group:N", scale=alt.Scale(domain=labels, range=label_colours), legend=None)
+    x_axis = {"title": [title, f"{beyond} lie further right"] if beyond else title, "titlePadding": 8}
+    x_scale = {"domain": domain, "nice": False, "zero": False}
 
-    box_data = alt.Data(values=_records(boxes))
-    whisker = alt.Chart(box_data).mark_rule(strokeWidth=1.5, clip=True).encode(
-        x=alt.X("low:Q", scale=x_scale, axis=x_axis), x2="high:Q", y=y, color=colour
-    )
-    box = alt.Chart(box_data).mark_bar(size=24, opacity=0.18, stroke="black", strokeWidth=0.5, clip=True).encode(
-        x=alt.X("q1:Q", scale=x_scale, axis=x_axis), x2="q3:Q", y=y, color=colour,
-        tooltip=[alt.Tooltip("group:N"), alt.Tooltip("median:Q", format=".4g"), alt.Tooltip("q1:Q", format=".4g"),
-                 alt.Tooltip("q3:Q", format=".4g")],
+    def x(name: str) -> dict[str, Any]:
+        return _field(name, "quantitative", scale=x_scale, axis=x_axis)
+
+    y = _field("group", "nominal", sort=labels, title=None, axis={"labelLimit": 260, "labelFontSize": 12})
+    colour = _field("group", "nominal", scale={"domain": labels, "range": label_colours}, legend=None)
+    box_data = _records(boxes)
+    whisker = _layer(box_data, {"type": "rule", "strokeWidth": 1.5, "clip": True},
+                     x=x("low"), x2={"field": "high"}, y=y, color=colour)  # fmt: skip
+    box = _layer(
+        box_data, {"type": "bar", "size": 24, "opacity": 0.18, "stroke": "black", "strokeWidth": 0.5, "clip": True},
+        x=x("q1"), x2={"field": "q3"}, y=y, color=colour,
+        tooltip=[_tip("group", "nominal"), _tip("median", "quantitative", fmt=".4g"),
+                 _tip("q1", "quantitative", fmt=".4g"), _tip("q3", "quantitative", fmt=".4g")],
     )  # fmt: skip
-    median = alt.Chart(box_data).mark_tick(size=24, thickness=2, clip=True).encode(
-        x=alt.X("median:Q", scale=x_scale, axis=x_axis), y=y, color=colour
-    )
-    dots = alt.Chart(alt.Data(values=_records(points))).mark_point(filled=True, size=36, opacity=0.8, clip=True).encode(
-        x=alt.X("score:Q", scale=x_scale, axis=x_axis), y=y, color=colour,
-        yOffset=alt.YOffset("jitter:Q", scale=alt.Scale(domain=[-0.5, 0.5])),
-        shape=alt.Shape("synthetic:N", scale=alt.Scale(domain=[False, True], range=["circle", "diamond"]), legend=None),
-        tooltip=[alt.Tooltip("name:N", title="image"), alt.Tooltip("group:N"), alt.Tooltip("score:Q", format=".4g")],
+    median = _layer(box_data, {"type": "tick", "size": 24, "thickness": 2, "clip": True},
+                    x=x("median"), y=y, color=colour)  # fmt: skip
+    dots = _layer(
+        _records(points), {"type": "point", "filled": True, "size": 36, "opacity": 0.8, "clip": True},
+        x=x("score"), y=y, color=colour,
+        yOffset=_field("jitter", "quantitative", scale={"domain": [-0.5, 0.5]}),
+        shape=_field("synthetic", "nominal", scale={"domain": [False, True], "range": ["circle", "diamond"]},
+                     legend=None),
+        tooltip=[_tip("name", "nominal", title="image"), _tip("group", "nominal"),
+                 _tip("score", "quantitative", fmt=".4g")],
     )  # fmt: skip
-    layers = [*_threshold_layers(threshold, domain, x_scale, x_axis), whisker, box, median, dots]
-    chart = alt.layer(*layers).properties(
-        height=max(height, 60 + ROW_PX * len(labels)) - 70, width="container",
-        title=alt.TitleParams("Anomaly scores by group", fontSize=14, anchor="start", offset=22),
-    )  # fmt: skip
-    return chart
+    return {
+        "layer": [*_threshold_layers(threshold, domain, x), whisker, box, median, dots],
+        "height": max(height, 60 + ROW_PX * len(labels)) - 70,
+        "width": "container",
+        "title": {"text": "Anomaly scores by group", "fontSize": 14, "anchor": "start", "offset": 22},
+    }
 
 
-def _threshold_layers(threshold: float | None, domain: list[float], x_scale: alt.Scale, x_axis: alt.Axis) -> list:
+def _threshold_layers(threshold: float | None, domain: list[float], x) -> list[Spec]:
     if threshold is None:
         return []
     t = float(min(max(threshold, domain[0]), domain[1]))
-    data = alt.Data(values=[{"t": t, "right": domain[1], "text": f"threshold {threshold:.4g} → flagged"}])
-    shade = alt.Chart(data).mark_rect(opacity=0.06, color=FLAGGED_FILL).encode(
-        x=alt.X("t:Q", scale=x_scale, axis=x_axis), x2="right:Q"
-    )
-    line = alt.Chart(data).mark_rule(strokeDash=[6, 4], strokeWidth=2, color=THRESHOLD_COLOR).encode(
-        x=alt.X("t:Q", scale=x_scale, axis=x_axis)
-    )
+    data = [{"t": t, "right": domain[1], "text": f"threshold {threshold:.4g} → flagged"}]
+    shade = _layer(data, {"type": "rect", "opacity": 0.06, "color": FLAGGED_FILL}, x=x("t"), x2={"field": "right"})
+    line = _layer(data, {"type": "rule", "strokeDash": [6, 4], "strokeWidth": 2, "color": THRESHOLD_COLOR}, x=x("t"))
     left_half = t < (domain[0] + domain[1]) / 2  # the label on the side with room for it
-    label = alt.Chart(data).mark_text(  # above the plot area, where it covers no point
-        align="left" if left_half else "right", dx=5 if left_half else -5, baseline="bottom", y=-4, fontSize=12
-    ).encode(x=alt.X("t:Q", scale=x_scale, axis=x_axis), text="text:N")
+    label = _layer(  # above the plot area, where it covers no point
+        data, {"type": "text", "align": "left" if left_half else "right", "dx": 5 if left_half else -5,
+               "baseline": "bottom", "y": -4, "fontSize": 12},
+        x=x("t"), text=_field("text", "nominal"),
+    )  # fmt: skip
     return [shade, line, label]
 
 
@@ -130,53 +157,58 @@ def _records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def roc_chart(curve: Any, point: Any, label: str = "", *, height: int = 340) -> alt.LayerChart:
+def roc_chart(curve: Any, point: Any, label: str = "", *, height: int = 340) -> Spec:
     """ROC curve (false-alarm rate vs recall) with the current operating point marked."""
     keep = _thin(curve.false_alarm_rate.size)
     area = auc(curve.false_alarm_rate, curve.recall)
-    frame = pd.DataFrame({"x": curve.false_alarm_rate[keep], "y": curve.recall[keep]})
     marked = None
     if point is not None and point.false_alarm_rate is not None and point.recall is not None:
         marked = (point.false_alarm_rate, point.recall)
-    return _curve_chart(frame, [0, 1], [0, 1], marked, f"ROC · AUROC {area:.3f}", label,
-                        ("false-alarm rate", "false alarms"), ("recall (defects caught)", "recall"), height)  # fmt: skip
+    return _curve_chart(curve.false_alarm_rate[keep], curve.recall[keep], [0, 1], [0, 1], marked,
+                        f"ROC · AUROC {area:.3f}", label, ("false-alarm rate", "false alarms"),
+                        ("recall (defects caught)", "recall"), height)  # fmt: skip
 
 
-def pr_chart(curve: Any, point: Any, label: str = "", *, height: int = 340) -> alt.LayerChart:
+def pr_chart(curve: Any, point: Any, label: str = "", *, height: int = 340) -> Spec:
     """Precision-recall curve with the current operating point marked, and the no-skill level."""
     keep = _thin(curve.recall.size)
     prevalence = float(curve.precision[0]) if curve.precision.size else 0.0  # at the lowest threshold
-    frame = pd.DataFrame({"x": curve.recall[keep], "y": curve.precision[keep]})
     marked = None
     if point is not None and point.precision is not None and point.recall is not None:
         marked = (point.recall, point.precision)
-    return _curve_chart(frame, [0, 1], [prevalence, prevalence], marked, "Precision vs recall", label,
-                        ("recall (defects caught)", "recall"), ("precision (flags: defects)", "precision"),
-                        height)  # fmt: skip
+    return _curve_chart(curve.recall[keep], curve.precision[keep], [0, 1], [prevalence, prevalence], marked,
+                        "Precision vs recall", label, ("recall (defects caught)", "recall"),
+                        ("precision (flags: defects)", "precision"), height)  # fmt: skip
 
 
-def _curve_chart(frame: pd.DataFrame, chance_x: list[float], chance_y: list[float], marked: tuple | None,
-                 title: str, label: str, x: tuple[str, str], y: tuple[str, str], height: int) -> alt.LayerChart:  # fmt: skip
-    scale = alt.Scale(domain=[-0.02, 1.02], nice=False)
-    x_enc = alt.X("x:Q", scale=scale, axis=alt.Axis(title=x[0], format=".0%", titlePadding=8))
-    y_enc = alt.Y("y:Q", scale=scale, axis=alt.Axis(title=y[0], format=".0%", titlePadding=8))
-    tooltip = [alt.Tooltip("x:Q", title=x[1], format=".1%"), alt.Tooltip("y:Q", title=y[1], format=".1%")]
-    chance = alt.Chart(pd.DataFrame({"x": chance_x, "y": chance_y})).mark_line(
-        color="#bbbbbb", strokeDash=[2, 3]
-    ).encode(x=x_enc, y=y_enc)
-    line = alt.Chart(frame).mark_line(strokeWidth=2, color=CURVE_COLOR).encode(x=x_enc, y=y_enc, tooltip=tooltip)
-    layers = [chance, line]
+def _points(xs: Sequence[float], ys: Sequence[float]) -> list[dict[str, float]]:
+    return [{"x": float(a), "y": float(b)} for a, b in zip(xs, ys)]
+
+
+def _curve_chart(xs: np.ndarray, ys: np.ndarray, chance_x: list[float], chance_y: list[float], marked: tuple | None,
+                 title: str, label: str, x: tuple[str, str], y: tuple[str, str], height: int) -> Spec:  # fmt: skip
+    scale = {"domain": [-0.02, 1.02], "nice": False}
+    x_enc = _field("x", "quantitative", scale=scale, axis={"title": x[0], "format": ".0%", "titlePadding": 8})
+    y_enc = _field("y", "quantitative", scale=scale, axis={"title": y[0], "format": ".0%", "titlePadding": 8})
+    tooltip = [_tip("x", "quantitative", title=x[1], fmt=".1%"), _tip("y", "quantitative", title=y[1], fmt=".1%")]
+    layers = [
+        _layer(_points(chance_x, chance_y), {"type": "line", "color": "#bbbbbb", "strokeDash": [2, 3]}, x=x_enc, y=y_enc),
+        _layer(_points(xs, ys), {"type": "line", "strokeWidth": 2, "color": CURVE_COLOR}, x=x_enc, y=y_enc,
+               tooltip=tooltip),
+    ]  # fmt: skip
     if marked is not None:
-        dot = pd.DataFrame({"x": [float(marked[0])], "y": [float(marked[1])]})
-        layers.append(alt.Chart(dot).mark_point(filled=True, size=160, color=POINT_COLOR, stroke="white",
-                                                strokeWidth=2, opacity=1).encode(x=x_enc, y=y_enc, tooltip=tooltip))  # fmt: skip
-    return alt.layer(*layers).properties(
-        height=height - 70, width="container",
-        title=alt.TitleParams(f"{title} · {label}" if label else title, fontSize=13, anchor="start", limit=0),
-    )
+        layers.append(_layer(_points([marked[0]], [marked[1]]),
+                             {"type": "point", "filled": True, "size": 160, "color": POINT_COLOR, "stroke": "white",
+                              "strokeWidth": 2, "opacity": 1}, x=x_enc, y=y_enc, tooltip=tooltip))  # fmt: skip
+    return {
+        "layer": layers,
+        "height": height - 70,
+        "width": "container",
+        "title": {"text": f"{title} · {label}" if label else title, "fontSize": 13, "anchor": "start", "limit": 0},
+    }
 
 
-def score_history_chart(history: dict[str, np.ndarray], *, height: int = 360) -> alt.LayerChart:
+def score_history_chart(history: dict[str, np.ndarray], *, height: int = 360) -> Spec:
     """Score distributions per training epoch (``adcore.projection.score_history``): a box per group
     and epoch (quartiles, whiskers at 1.5 IQR), the groups side by side within each epoch."""
     groups = list(dict.fromkeys(history["group"].tolist()))
@@ -188,20 +220,28 @@ def score_history_chart(history: dict[str, np.ndarray], *, height: int = 360) ->
             if values.size:
                 boxes.append({"epoch": int(epoch), "group": group_label(group), **_box_stats(values)})
     labels = [group_label(g) for g in groups]
-    data = alt.Data(values=_records(boxes))
-    x = alt.X("epoch:O", title="epoch", axis=alt.Axis(labelAngle=0, titlePadding=8))
-    offset = alt.XOffset("group:N", sort=labels)
-    colour = alt.Color("group:N", sort=labels, scale=alt.Scale(domain=labels, range=[colours[g] for g in groups]),
-                       legend=alt.Legend(orient="bottom", title=None, labelLimit=0))  # fmt: skip
-    y_axis = alt.Axis(title="anomaly score", titlePadding=8)
-    y_scale = alt.Scale(zero=False)
-    whisker = alt.Chart(data).mark_rule().encode(x=x, xOffset=offset, y=alt.Y("low:Q", axis=y_axis, scale=y_scale), y2="high:Q",
-                                                 color=colour)  # fmt: skip
-    box = alt.Chart(data).mark_bar(opacity=0.35, stroke="black", strokeWidth=0.5).encode(
-        x=x, xOffset=offset, y=alt.Y("q1:Q", axis=y_axis, scale=y_scale), y2="q3:Q", color=colour,
-        tooltip=[alt.Tooltip("epoch:O"), alt.Tooltip("group:N"), alt.Tooltip("median:Q", format=".4g")],
-    )  # fmt: skip
-    median = alt.Chart(data).mark_tick(thickness=2, color="black").encode(
-        x=x, xOffset=offset, y=alt.Y("median:Q", axis=y_axis, scale=y_scale)
-    )
-    return alt.layer(whisker, box, median).properties(height=height, width="container")  # the page titles it
+    x = _field("epoch", "ordinal", title="epoch", axis={"labelAngle": 0, "titlePadding": 8})
+    offset = _field("group", "nominal", sort=labels)
+    colour = _field("group", "nominal", sort=labels, scale={"domain": labels, "range": [colours[g] for g in groups]},
+                    legend={"orient": "bottom", "title": None, "labelLimit": 0})  # fmt: skip
+    y_axis = {"title": "anomaly score", "titlePadding": 8}
+
+    def y(name: str) -> dict[str, Any]:
+        return _field(name, "quantitative", axis=y_axis, scale={"zero": False})
+
+    data = _records(boxes)
+    return {
+        "data": {"values": data},
+        "layer": [
+            {"mark": {"type": "rule"}, "encoding": {"x": x, "xOffset": offset, "y": y("low"), "y2": {"field": "high"},
+                                                    "color": colour}},
+            {"mark": {"type": "bar", "opacity": 0.35, "stroke": "black", "strokeWidth": 0.5},
+             "encoding": {"x": x, "xOffset": offset, "y": y("q1"), "y2": {"field": "q3"}, "color": colour,
+                          "tooltip": [_tip("epoch", "ordinal"), _tip("group", "nominal"),
+                                      _tip("median", "quantitative", fmt=".4g")]}},
+            {"mark": {"type": "tick", "thickness": 2, "color": "black"},
+             "encoding": {"x": x, "xOffset": offset, "y": y("median")}},
+        ],  # fmt: skip
+        "height": height,
+        "width": "container",  # the page titles it
+    }

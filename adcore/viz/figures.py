@@ -183,8 +183,8 @@ def _score_axis(ctx: Any, groups: Sequence[str], threshold: float | None) -> tup
     every = np.concatenate(values) if values else ctx.scores
     core = np.concatenate(real) if real else every
     extra = [] if threshold is None else [threshold]
-    low, high = float(min(every.min(), *extra)), float(max(every.max(), *extra))
-    core_high = float(max(core.max(), *extra))
+    low, high = float(min([every.min(), *extra])), float(max([every.max(), *extra]))
+    core_high = float(max([core.max(), *extra]))
     limit = core_high + 0.5 * (core_high - low)
     if high <= limit or not real:
         return low, high, ""
