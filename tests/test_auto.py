@@ -362,3 +362,123 @@ def test_tiles_a_synthetic_defect_does_not_touch_take_the_clean_photos_maps(norm
     reused, _, _, _ = auto._validation_patch_maps(proto, [cand], banks, v_images, FitContext(device=CPU), False, source)
     for a, b in zip(every[cand], reused[cand]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _hot_border_validation(rng: np.random.Generator, border: float, n: int = 24):
+    """Validation maps on the position grid: clean photos' maps are noise plus ``border`` in a band along
+    the edges (hotter there on every photo, as the edges of a cut-out part can be); each clean photo
+    also gets a "spot" defect, a small bump inside. Returns (maps, kinds, masks, source)."""
+    from adcore.methods.auto import POSITION_GRID as G
+
+    band = np.zeros((G, G), bool)
+    band[:6], band[-6:], band[:, :6], band[:, -6:] = True, True, True, True
+    clean = [rng.normal(0, 1, (G, G)) + border * band * rng.uniform(0.8, 1.2) for _ in range(n)]
+    maps, kinds, masks, source = list(clean), ["normal"] * n, [None] * n, list(range(n))
+    for i, m in enumerate(clean):
+        y, x = rng.integers(16, G - 20, 2)
+        mask = np.zeros((G, G), bool)
+        mask[y : y + 4, x : x + 4] = True
+        maps.append(m + 2.5 * mask)
+        kinds.append("spot")
+        masks.append(mask)
+        source.append(i)
+    return np.stack(maps).astype(np.float32), np.array(kinds), masks, np.array(source)
+
+
+def _position_judge(maps, kinds, masks, source):
+    method = build_method("auto", **TINY)
+    method._prepare(FitContext(device=CPU))
+    method.selection_, method.image_members_, method.map_members_ = {}, [0], [0]
+    stats = method._judge_position({0: maps}, torch.tensor([[0.0, 1.0]]), (None, kinds, masks, source))
+    return method, stats
+
+
+def test_per_position_scales_are_used_where_every_clean_map_is_hotter_at_the_same_places():
+    from adcore.methods.auto import apply_position_np
+
+    maps, kinds, masks, source = _hot_border_validation(np.random.default_rng(0), border=6.0)
+    method, stats = _position_judge(maps, kinds, masks, source)
+    table = method.selection_["position"]
+    assert method.position_parts_ == table["used for"] == ["image", "pixel"], table
+    assert table["image"]["per position"] > table["image"]["as is"] + 0.2
+    # The kept statistics put the hot band on the interior's scale: a defect's peak is now on it.
+    defect = maps[kinds == "spot"][0]
+    mask = masks[int(np.flatnonzero(kinds == "spot")[0])]
+    assert not mask.flat[np.argmax(defect)], "as is, the hottest place is the band"
+    calibrated = apply_position_np(defect, stats[0].numpy())
+    assert mask.flat[np.argmax(calibrated)]
+    assert torch.equal(stats[0], stats[1]), "one member for both parts: the same statistics"
+
+
+def test_per_position_scales_are_not_used_where_the_maps_have_no_hot_places():
+    from adcore.methods.auto import identity_position
+
+    maps, kinds, masks, source = _hot_border_validation(np.random.default_rng(1), border=0.0)
+    method, stats = _position_judge(maps, kinds, masks, source)
+    table = method.selection_["position"]
+    assert method.position_parts_ == table["used for"] == [], table
+    assert torch.equal(stats, identity_position())
+    assert "Per-position scales not used" in describe_selection(method.selection_)[1]
+
+
+def test_position_statistics_are_per_cell_with_the_spread_shrunk_to_the_pooled_one():
+    from adcore.methods.auto import apply_position, position_stats
+
+    rng = np.random.default_rng(0)
+    grids = rng.normal(0, 1, (40, 64, 64)).astype(np.float32)
+    grids[:, :, :16] = grids[:, :, :16] * 3 + 10  # a hot, noisier strip on the left
+    mean, spread = position_stats(grids, prior=0.0)
+    assert mean[:, 2:14].mean() == pytest.approx(10, abs=0.1) and mean[:, 18:].mean() == pytest.approx(0, abs=0.1)
+    assert spread[:, 2:14].mean() == pytest.approx(3, rel=0.05) and spread[:, 18:].mean() == pytest.approx(1, rel=0.05)
+    # With a prior, each cell's variance moves towards the cells' pooled variance, not the whole map's.
+    _, shrunk = position_stats(grids, prior=40.0)
+    pooled = np.mean(spread**2)
+    assert shrunk[30, 40] ** 2 == pytest.approx((spread[30, 40] ** 2 + pooled) / 2, rel=1e-4)
+    assert shrunk.max() < grids.std(), "the strip's offset does not count as spread"
+    # Resized to any map size bilinearly; identity statistics change nothing.
+    m = torch.rand(3, 40, 50)
+    ident = torch.stack([torch.zeros(64, 64), torch.ones(64, 64)])
+    assert torch.allclose(apply_position(m, ident), m)
+
+
+def test_per_position_scales_score_alike_in_predict_the_exported_graph_and_after_save_load(normal_images):
+    from adcore.methods.auto import apply_position, position_stats, to_grid
+    from adcore.onnx_export import ExportGraph
+
+    method = build_method("auto", **TINY)
+    method._prepare(FitContext(device=CPU))
+    method.selection_ = {}
+    fit, calibration = normal_images[:18], normal_images[18:]
+    grid = candidate_grid()
+    method._fit_members([grid[0], grid[6]], fit, calibration, FitContext(device=CPU), None, [0], [0, 1], refit=False)
+    probe = textured(np.random.default_rng(9), 64)
+    probe[20:30, 20:30] = 250
+    plain = method.predict([probe])
+    # Statistics of made-up maps with a hot corner, used for both parts.
+    hot = np.stack([to_grid(m) for m in method.members_[0].predict(calibration).anomaly_maps])
+    hot[:, :8, :8] += 5
+    stats = torch.from_numpy(np.stack([position_stats(hot), position_stats(hot)]))
+    method.position_parts_ = ["image", "pixel"]
+    method.selection_["position"] = {"used for": ["image", "pixel"], "reason": "set by the test"}
+    method.model_ = method._new_model(method.model_.calibration, stats)
+    got = method.predict([probe])
+    expected_map = apply_position(torch.from_numpy(plain.anomaly_maps[0]), stats[1]).numpy()
+    assert np.allclose(got.anomaly_maps[0], expected_map, atol=1e-5)
+    image_map = apply_position(torch.from_numpy(method.members_[0].predict([probe]).anomaly_maps[0]), stats[0])
+    assert got.scores[0] == pytest.approx(float(image_map.max()), rel=1e-5)
+    assert got.scores[0] != pytest.approx(plain.scores[0], rel=1e-3)
+    # The exported graph (what ONNX traces) computes the same.
+    (_, x), = method.members_[0]._shaped_batches([probe], 1)
+    score, heat = ExportGraph(method.inference_module().eval())(x, torch.zeros(64, 64))
+    assert float(score[0]) == pytest.approx(got.scores[0], rel=1e-4)
+    assert np.allclose(heat[0].detach().numpy(), got.anomaly_maps[0], atol=1e-4)
+    # Saved and loaded: the same; a state saved before per-position scales loads and scores as before.
+    loaded = build_method("auto", **TINY).load_state_dict(method.state_dict(), CPU)
+    again = loaded.predict([probe])
+    assert np.array_equal(again.scores, got.scores) and np.array_equal(again.anomaly_maps[0], got.anomaly_maps[0])
+    method.position_parts_ = []
+    del method.selection_["position"]  # as saved before per-position scales
+    method.model_ = method._new_model(method.model_.calibration)
+    old = {k: v for k, v in method.state_dict().items() if k != "position"}
+    before = build_method("auto", **TINY).load_state_dict(old, CPU).predict([probe])
+    assert np.array_equal(before.scores, plain.scores) and np.array_equal(before.anomaly_maps[0], plain.anomaly_maps[0])

@@ -9,6 +9,7 @@ is reported and, for methods trained in epochs, the monitor images are scored af
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -213,7 +214,10 @@ def _old_autoencoder_layout(m) -> dict:
 
 
 def _old_auto_layout(m) -> dict:
-    state = {"calibration": m.model_.calibration, "selection_json": m.state_dict()["selection_json"]}
+    doc = json.loads(bytes(m.state_dict()["selection_json"].numpy().tobytes()).decode())
+    doc["selection"].pop("position", None)  # written before per-position scales existed
+    selection = torch.frombuffer(bytearray(json.dumps(doc).encode()), dtype=torch.uint8).clone()
+    state = {"calibration": m.model_.calibration, "selection_json": selection}
     for k, member in enumerate(m.members_):
         state.update({f"member{k}.{key}": v for key, v in _old_patchcore_layout(member).items()})
     return state

@@ -34,6 +34,14 @@ to tune with. So ``auto`` tunes on what it can make itself:
    (3 % "clearly better" for the photo scores, where the real image AUROC falls from 0.97 at 10 % to
    0.95 at 1 %), so it may not decide. ``memory=choose`` lets it. Then each member is refitted on
    every normal photo.
+6. Where the kept-aside photos' maps are hotter at some places than others on every clean photo (the
+   edges of a part cut out of its background: on the magnetic tiles 96 % of the clean hold-out photos
+   had their hottest pixel in the outer band of the map, 29 % of its area), the maximum sits there on
+   good and bad photos alike. Each part (scores, maps) is then judged again with per-position scales
+   (``position_stats``: each place's mean and spread on the kept-aside clean photos, a z-score per
+   place), cross-fitted in two halves so no photo is judged by statistics it helped make, and used
+   only where the bootstrap says it is clearly better (``position=auto``). Where a member is tiled or
+   the single winner is fitted once on every photo, there are no kept-aside maps and it is not judged.
 
 The whole selection table (candidates, their label-free scores, time, the decision and why) is kept
 with the model (``selection_``) and stored in the run. Test photos, labels and masks are never read.
@@ -91,6 +99,9 @@ MEMORY_SHARES = (0.01, 0.03, 0.1)  # memory sizes (share of all patches) judged 
 JUDGED_SIDE = 640
 SATURATED = 0.995  # every candidate at or above this selection score: the synthetic set tells them apart no more
 BOOTSTRAP = 200
+POSITION_GRID = 64  # cells per side of the per-position statistics (in the photo's own frame)
+POSITION_PRIOR = 8.0  # photos' worth of weight each cell's variance gets from the pooled one (shrinkage)
+POSITION_BLUR = 1.0  # cells: the per-position statistics are smoothed over neighbouring cells
 
 
 @dataclass(frozen=True)
@@ -261,6 +272,10 @@ class Auto(Method):
         Param("memory", str, "report", "report: keep PatchCore's 10 % memory and show how 1 % and 3 % did on the "
               "kept-aside photos; choose: use a smaller one where it is clearly better there (measured "
               "unreliable on one real set, hence not the default).", choices=("report", "choose")),
+        Param("position", str, "auto", "auto: where the kept-aside photos' heat maps are hotter at some places "
+              "than others (a photo's edges, say), put each place on its own scale (per-position z-scores) if "
+              "that finds the synthetic defects clearly better on kept-aside photos the statistics did not "
+              "come from; off: never.", choices=("auto", "off")),
         Param("tiling", str, "auto", "auto: also try tiles at native resolution when the photos are at least "
               f"{LARGE_PHOTO_SIDE}x image_size on their shorter side; off: never.", choices=("auto", "off")),
     ]
@@ -278,6 +293,7 @@ class Auto(Method):
         self.image_members_: list[int] = [0]
         self.map_members_: list[int] = [0]
         self.selection_: dict[str, Any] = {}
+        self.position_parts_: list[str] = []
 
     def _fit_images(self, images: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
         return images  # as given: a run's photo cache stays lazy (see adcore.photo_cache)
@@ -742,6 +758,9 @@ class Auto(Method):
         self.kept_features_ = {v: f for v, f in self.kept_features_.items() if v in views}
         self.selection_["memory"] = []
         calibration = torch.tensor([[0.0, 1.0]] * len(members))
+        self.position_parts_, position = [], identity_position()
+        self.selection_["position"] = {"used for": [], "reason": "not judged: no kept-aside photos to judge on"}
+        grids: dict[int, np.ndarray] = {}  # member -> its validation maps on the position grid
         for k, (cand, params) in enumerate(zip(members, self.member_params_)):
             member = _patchcore(params)
 
@@ -776,6 +795,8 @@ class Auto(Method):
                 self.selection_["memory"].append(row)
                 share = row["chosen share"]
                 normal_maps = [m for m, kind in zip(maps, validation[1]) if kind == "normal"]
+                if self.config_["position"] == "auto":
+                    grids[k] = np.stack([to_grid(m) for m in maps])
             if calibration_images and len(members) > 1:
                 # The kept-aside photos' maps put each member on one scale (z-scores).
                 if normal_maps is None:
@@ -786,12 +807,62 @@ class Auto(Method):
                 member = self._refit(cand, k, share, fit_images, calibration_images, val_feats, sub)
             self.members_.append(member)
         self.kept_features_ = {}
-        self.model_ = self._new_model(calibration)
+        if validation is not None and self.config_["position"] == "auto":
+            position = self._judge_position(grids, calibration, validation)
+        self.model_ = self._new_model(calibration, position)
 
-    def _new_model(self, calibration: torch.Tensor) -> "ZScoreCombination":
+    def _judge_position(self, grids: dict[int, np.ndarray], calibration: torch.Tensor, validation: tuple) -> torch.Tensor:
+        """Per-position scales for the photo scores' and the heat maps' parts, where they clearly help.
+
+        A heat map can be hotter at some places of every normal photo than at others (the edges of a
+        part cut out of its background, a fixture always in the same place); the maximum then sits
+        there on good and bad photos alike. Each part's map, on a grid in the photo's own frame, gets
+        the mean and spread of the kept-aside clean photos' maps at each cell (``position_stats``), and is put on that scale (a z-score per position).
+        Whether that helps is judged label-free and cross-fitted: the clean photos are split in two,
+        each half's photos and the synthetic defects made from them are scored with the statistics of
+        the other half, and the bootstrap says whether "per position" beats "as is" clearly (for the
+        scores by image separation, for the maps by pixel separation). Returns the (2, 2, G, G)
+        statistics (image part, map part) the model keeps; ``position_parts_`` says which are used."""
+        _, kinds, masks, source = validation
+        table: dict[str, Any] = {"used for": []}
+        self.selection_["position"] = table
+        parts = {"image": self.image_members_, "pixel": self.map_members_}
+        if any(k not in grids for which in parts.values() for k in which):
+            table["reason"] = "not judged: a member of a part is tiled or was fitted once on every photo"
+            return identity_position()
+        grid_masks = [None if m is None else _shrink_mask(m, (POSITION_GRID, POSITION_GRID)) for m in masks]
+        normal = kinds == "normal"
+        folds = self.rng_.permutation(int(source.max()) + 1) % 2
+        stats = identity_position()
+        for p, (part, which) in enumerate(parts.items()):
+            if len(which) == 1:
+                maps = grids[which[0]]
+            else:
+                maps = np.mean([(grids[k] - float(calibration[k, 0])) / float(calibration[k, 1]) for k in which], 0)
+            crossed = np.empty_like(maps)
+            for f in (0, 1):
+                own = folds[source] == f
+                crossed[own] = apply_position_np(maps[own], position_stats(maps[normal & ~own]))
+            results = {"as is": _stats(list(maps), kinds, grid_masks),
+                       "per position": _stats(list(crossed), kinds, grid_masks)}
+            self._bootstrap(list(results), results, kinds, source)
+            # "as is" stays unless it matches "per position" in few resamples (the memory rule).
+            win = results["as is"]["win"][part]
+            used = win is not None and win <= 1 - self.config_["confidence"]
+            table[part] = {"as is": round(results["as is"][part], 4), "per position": round(results["per position"][part], 4),
+                           "as is matches it in": win}
+            if used:
+                table["used for"].append(part)
+                stats[p] = torch.from_numpy(position_stats(maps[normal]))
+        self.position_parts_ = list(table["used for"])
+        table["reason"] = "judged on the kept-aside photos, cross-fitted in two halves"
+        return stats
+
+    def _new_model(self, calibration: torch.Tensor, position: torch.Tensor | None = None) -> "ZScoreCombination":
         """The inference module of the fitted (or built) ``members_``."""
         return ZScoreCombination([m.model_ for m in self.members_], calibration, self.image_members_,
-                                 self.map_members_).to(self.device_)
+                                 self.map_members_, identity_position() if position is None else position,
+                                 self.position_parts_).to(self.device_)
 
     def _refit(self, cand: Candidate, k: int, share: float, fit_images, extra_images, val_feats,
                ctx: FitContext) -> PatchCore:
@@ -823,12 +894,18 @@ class Auto(Method):
             return [np.mean([(parts[k].anomaly_maps[i] - mu) / sd for k, (mu, sd) in zip(which, cal)], 0).astype(np.float32)
                     for i in range(len(images))]
 
+        position = self.model_.position.detach().float().cpu()
         maps = combined(self.map_members_)
-        if len(self.image_members_) == 1:  # one member: its own scores (the maximum of its map)
+        if "image" in self.position_parts_:  # per-position scale: the maximum of that map
+            score_maps = apply_position_maps(combined(self.image_members_), position[0])
+            scores = np.array([float(m.max()) for m in score_maps])
+        elif len(self.image_members_) == 1:  # one member: its own scores (the maximum of its map)
             scores = np.asarray(parts[self.image_members_[0]].scores, dtype=float)
         else:
             score_maps = maps if self.image_members_ == self.map_members_ else combined(self.image_members_)
             scores = np.array([float(m.max()) for m in score_maps])
+        if "pixel" in self.position_parts_:
+            maps = apply_position_maps(maps, position[1])
         return Prediction(
             scores=scores,
             embeddings=np.concatenate([p.embeddings for p in parts], 1) if parts[0].embeddings is not None else None,
@@ -869,7 +946,12 @@ class Auto(Method):
     def _upgrade_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # Before the inference module held the members, member k's tensors were saved as "member{k}.*".
         old = re.compile(r"^member(\d+)\.")
-        return {old.sub(r"members.\1.", k): v for k, v in state.items()}
+        state = {old.sub(r"members.\1.", k): v for k, v in state.items()}
+        if "selection_json" in state and "position" not in state:
+            doc = json.loads(bytes(state["selection_json"].cpu().numpy().tobytes()).decode())
+            if "position" not in doc["selection"]:  # saved before per-position scales existed: none used
+                state["position"] = identity_position()
+        return state
 
     def _build_saved(self, state: dict[str, torch.Tensor]) -> None:
         self._build()
@@ -879,6 +961,7 @@ class Auto(Method):
         every = list(range(len(self.member_params_)))
         self.image_members_ = self.selection_.get("image_members", every)
         self.map_members_ = self.selection_.get("map_members", every)
+        self.position_parts_ = list((self.selection_.get("position") or {}).get("used for", []))
         self.members_ = []
         for params in self.member_params_:
             member = _patchcore(params)
@@ -944,6 +1027,17 @@ def describe_selection(selection: dict[str, Any]) -> tuple[list[dict[str, Any]],
             + ("; PatchCore's 10 % is kept (the label-free memory signal is reported, not trusted)."
                if memory.get("best on the kept-aside photos", memory["chosen share"]) != memory["chosen share"]
                else ".")
+        )
+    position = selection.get("position")
+    if position:
+        judged = [f"{part} separation {position[part]['as is']:.3f} as is, {position[part]['per position']:.3f} per position"
+                  for part in PARTS if part in position]
+        used = {"image": "the photo scores", "pixel": "the heat maps"}
+        what = " and ".join(used[p] for p in position["used for"])
+        parts.append(
+            ("Per-position scales (z-scores at each place, from the kept-aside photos) used for " + what
+             if what else "Per-position scales not used")
+            + (f" ({position['reason']}: " + "; ".join(judged) + ")." if judged else f" ({position['reason']}).")
         )
     if selection.get("image_size"):
         parts.append(f"Photos seen at about {selection['image_size']} px (their native size, within limits).")
@@ -1092,6 +1186,48 @@ def _resize_map(m: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
     return up[0, 0].cpu().numpy()
 
 
+def identity_position() -> torch.Tensor:
+    """(2, 2, G, G) per-position statistics that change nothing (mean 0, spread 1), for both parts."""
+    stats = torch.zeros(2, 2, POSITION_GRID, POSITION_GRID)
+    stats[:, 1] = 1.0
+    return stats
+
+
+def to_grid(m: np.ndarray, grid: int = POSITION_GRID) -> np.ndarray:
+    """A map at any size -> (grid, grid) cell means, in the photo's own frame."""
+    t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
+    return F.adaptive_avg_pool2d(t, grid)[0, 0].numpy()
+
+
+def position_stats(grids: np.ndarray, prior: float = POSITION_PRIOR) -> np.ndarray:
+    """(2, G, G) mean and spread at each cell of clean photos' maps ``grids`` (N, G, G). Both are
+    smoothed over neighbouring cells (``POSITION_BLUR``); each cell's variance is shrunk towards the
+    cells' pooled variance with the weight of ``prior`` photos (few photos: little trust in one
+    cell's spread; pooled, not the whole map's, which would count the hot places themselves)."""
+    n = len(grids)
+    t = torch.from_numpy(np.ascontiguousarray(grids, dtype=np.float32))
+    mean = t.mean(0, keepdim=True)
+    var = ((t - mean) ** 2).mean(0, keepdim=True)
+    mean, var = gaussian_blur(mean, POSITION_BLUR)[0], gaussian_blur(var, POSITION_BLUR)[0]
+    var = (n * var + prior * var.mean()) / (n + prior)
+    return torch.stack([mean, var.sqrt().clamp_min(1e-6)]).numpy()
+
+
+def apply_position(maps: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    """Maps (..., H, W) as z-scores per position: ``stats`` (2, G, G), resized to (H, W) bilinearly."""
+    up = F.interpolate(stats[None].to(maps), size=maps.shape[-2:], mode="bilinear", align_corners=False)[0]
+    return (maps - up[0]) / up[1]
+
+
+def apply_position_np(grids: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    return apply_position(torch.from_numpy(grids), torch.from_numpy(stats)).numpy()
+
+
+def apply_position_maps(maps: Sequence[np.ndarray], stats: torch.Tensor) -> list[np.ndarray]:
+    """``apply_position`` photo by photo (each at its own size)."""
+    return [apply_position(torch.from_numpy(np.asarray(m, np.float32)), stats).numpy() for m in maps]
+
+
 class ZScoreCombination(torch.nn.Module):
     """Several members' inference, as ``Auto.predict`` computes it for one image: the heat map from the
     ``map_members``, the score from the ``image_members``. Where a part has several members, each one's
@@ -1100,11 +1236,15 @@ class ZScoreCombination(torch.nn.Module):
     map and score."""
 
     def __init__(self, members: Sequence[torch.nn.Module], calibration: torch.Tensor,
-                 image_members: Sequence[int], map_members: Sequence[int]) -> None:
+                 image_members: Sequence[int], map_members: Sequence[int], position: torch.Tensor | None = None,
+                 position_parts: Sequence[str] = ()) -> None:
         super().__init__()
         self.members = torch.nn.ModuleList(members)
         self.register_buffer("calibration", calibration.float())
+        # (2, 2, G, G): per-position mean and spread of the image part's and the map part's maps.
+        self.register_buffer("position", (identity_position() if position is None else position).float())
         self.image_members, self.map_members = list(image_members), list(map_members)
+        self.position_parts = list(position_parts)
 
     def _combined(self, outs: list[dict], which: list[int], like: torch.Tensor) -> torch.Tensor:
         maps = []
@@ -1118,10 +1258,16 @@ class ZScoreCombination(torch.nn.Module):
         (score (1,), map (1, H, W))."""
         outs = [member(x) for member in self.members]
         maps = self._combined(outs, self.map_members, like)
-        if len(self.image_members) == 1:
-            return outs[self.image_members[0]]["scores"], maps
-        score_maps = maps if self.image_members == self.map_members else self._combined(outs, self.image_members, like)
-        return score_maps.flatten(1).max(1).values, maps
+        if "image" in self.position_parts:
+            scores = apply_position(self._combined(outs, self.image_members, like), self.position[0]).flatten(1).max(1).values
+        elif len(self.image_members) == 1:
+            scores = outs[self.image_members[0]]["scores"]
+        else:
+            score_maps = maps if self.image_members == self.map_members else self._combined(outs, self.image_members, like)
+            scores = score_maps.flatten(1).max(1).values
+        if "pixel" in self.position_parts:
+            maps = apply_position(maps, self.position[1])
+        return scores, maps
 
     def forward(self, x: torch.Tensor) -> dict:
         """(B, 3, h, w) images at the network input shape -> the combined ``scores`` (B,) and ``maps``
