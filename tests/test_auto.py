@@ -81,13 +81,20 @@ def test_the_decision_follows_the_table(fitted):
     assert len(method.members_) == len({k for k in table["image_members"] + table["map_members"]})
 
 
-def test_scores_and_maps_come_from_their_own_members_combined_on_one_scale(normal_images):
+def _two_members(normal_images):
+    """An auto model of two members fitted directly: scores from the first, maps from both combined
+    (their scale set on the last 6 photos, which are returned)."""
     method = build_method("auto", **TINY)
     method._prepare(FitContext(device=CPU))
     method.selection_ = {}
     fit, calibration = normal_images[:18], normal_images[18:]
     grid = candidate_grid()
     method._fit_members([grid[0], grid[6]], fit, calibration, FitContext(device=CPU), None, [0], [0, 1], refit=False)
+    return method, calibration
+
+
+def test_scores_and_maps_come_from_their_own_members_combined_on_one_scale(normal_images):
+    method, calibration = _two_members(normal_images)
     probe = [textured(np.random.default_rng(9), 64)]
     probe[0][20:30, 20:30] = 250
     pred = method.predict(probe)
@@ -445,12 +452,7 @@ def test_per_position_scales_score_alike_in_predict_the_exported_graph_and_after
     from adcore.methods.auto import apply_position, position_stats, to_grid
     from adcore.onnx_export import ExportGraph
 
-    method = build_method("auto", **TINY)
-    method._prepare(FitContext(device=CPU))
-    method.selection_ = {}
-    fit, calibration = normal_images[:18], normal_images[18:]
-    grid = candidate_grid()
-    method._fit_members([grid[0], grid[6]], fit, calibration, FitContext(device=CPU), None, [0], [0, 1], refit=False)
+    method, calibration = _two_members(normal_images)
     probe = textured(np.random.default_rng(9), 64)
     probe[20:30, 20:30] = 250
     plain = method.predict([probe])
