@@ -811,13 +811,15 @@ class Auto(Method):
             position = self._judge_position(grids, calibration, validation)
         self.model_ = self._new_model(calibration, position)
 
-    def _judge_position(self, grids: dict[int, np.ndarray], calibration: torch.Tensor, validation: tuple) -> torch.Tensor:
+    def _judge_position(self, grids: dict[int, np.ndarray], calibration: torch.Tensor,
+                        validation: tuple) -> torch.Tensor:
         """Per-position scales for the photo scores' and the heat maps' parts, where they clearly help.
 
         A heat map can be hotter at some places of every normal photo than at others (the edges of a
         part cut out of its background, a fixture always in the same place); the maximum then sits
-        there on good and bad photos alike. Each part's map, on a grid in the photo's own frame, gets
-        the mean and spread of the kept-aside clean photos' maps at each cell (``position_stats``), and is put on that scale (a z-score per position).
+        there on good and bad photos alike. Each part's map, on a grid in the photo's own frame, is put
+        on the scale of the kept-aside clean photos' maps at each cell (``position_stats``: a z-score
+        per position).
         Whether that helps is judged label-free and cross-fitted: the clean photos are split in two,
         each half's photos and the synthetic defects made from them are scored with the statistics of
         the other half, and the bootstrap says whether "per position" beats "as is" clearly (for the
@@ -849,8 +851,8 @@ class Auto(Method):
             # "as is" stays unless it matches "per position" in few resamples (the memory rule).
             win = results["as is"]["win"][part]
             used = win is not None and win <= 1 - self.config_["confidence"]
-            table[part] = {"as is": round(results["as is"][part], 4), "per position": round(results["per position"][part], 4),
-                           "as is matches it in": win}
+            table[part] = {"as is": round(results["as is"][part], 4),
+                           "per position": round(results["per position"][part], 4), "as is matches it in": win}
             if used:
                 table["used for"].append(part)
                 stats[p] = torch.from_numpy(position_stats(maps[normal]))
