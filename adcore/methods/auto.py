@@ -899,7 +899,8 @@ class Auto(Method):
         position = self.model_.position.detach().float().cpu()
         maps = combined(self.map_members_)
         if "image" in self.position_parts_:  # per-position scale: the maximum of that map
-            score_maps = apply_position_maps(combined(self.image_members_), position[0])
+            plain = maps if self.image_members_ == self.map_members_ else combined(self.image_members_)
+            score_maps = apply_position_maps(plain, position[0])
             scores = np.array([float(m.max()) for m in score_maps])
         elif len(self.image_members_) == 1:  # one member: its own scores (the maximum of its map)
             scores = np.asarray(parts[self.image_members_[0]].scores, dtype=float)
@@ -950,14 +951,14 @@ class Auto(Method):
         old = re.compile(r"^member(\d+)\.")
         state = {old.sub(r"members.\1.", k): v for k, v in state.items()}
         if "selection_json" in state and "position" not in state:
-            doc = json.loads(bytes(state["selection_json"].cpu().numpy().tobytes()).decode())
+            doc = _saved_doc(state)
             if "position" not in doc["selection"]:  # saved before per-position scales existed: none used
                 state["position"] = identity_position()
         return state
 
     def _build_saved(self, state: dict[str, torch.Tensor]) -> None:
         self._build()
-        doc = json.loads(bytes(state["selection_json"].cpu().numpy().tobytes()).decode())
+        doc = _saved_doc(state)
         self.member_params_, self.selection_ = doc["members"], doc["selection"]
         # Runs saved before scores and maps were chosen apart combined every member for both.
         every = list(range(len(self.member_params_)))
@@ -1188,6 +1189,11 @@ def _resize_map(m: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
     return up[0, 0].cpu().numpy()
 
 
+def _saved_doc(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The members' parameters and the selection table saved beside an auto model's tensors."""
+    return json.loads(bytes(state["selection_json"].cpu().numpy().tobytes()).decode())
+
+
 def identity_position() -> torch.Tensor:
     """(2, 2, G, G) per-position statistics that change nothing (mean 0, spread 1), for both parts."""
     stats = torch.zeros(2, 2, POSITION_GRID, POSITION_GRID)
@@ -1261,7 +1267,8 @@ class ZScoreCombination(torch.nn.Module):
         outs = [member(x) for member in self.members]
         maps = self._combined(outs, self.map_members, like)
         if "image" in self.position_parts:
-            scores = apply_position(self._combined(outs, self.image_members, like), self.position[0]).flatten(1).max(1).values
+            plain = maps if self.image_members == self.map_members else self._combined(outs, self.image_members, like)
+            scores = apply_position(plain, self.position[0]).flatten(1).max(1).values
         elif len(self.image_members) == 1:
             scores = outs[self.image_members[0]]["scores"]
         else:
