@@ -5,7 +5,7 @@ import streamlit as st
 
 from adcore import catalog, viz
 from adcore.methods import DEFAULT_METHOD, get_method_class
-from adcore.threshold import saved_threshold, threshold_for
+from adcore.threshold import saved_threshold
 from app_pages import common
 
 image_set = common.current_image_set()
@@ -86,10 +86,9 @@ with columns[1]:
         st.page_link("app_pages/train.py", label="Pick a method yourself", icon=":material/tune:")
 
 # 3. Threshold
-threshold = latest_run = None
+threshold = None
 if latest is not None:
-    latest_run = common.load_run_scores(common.runs_root() / latest_id)
-    threshold, _ = saved_threshold(latest_run)
+    threshold, _ = saved_threshold(common.load_run_scores(common.runs_root() / latest_id))
 threshold_state = (
     "Train a model first." if latest is None
     else "Threshold not saved: the default (5 % false alarms) is used." if threshold is None
@@ -97,7 +96,6 @@ threshold_state = (
 )  # fmt: skip
 step(columns[2], 3, "Threshold", threshold_state, threshold is not None)
 with columns[2]:
-    glance = st.container()  # filled last, below
     st.page_link(
         "app_pages/scores.py", label="Set the threshold", icon=":material/tune:", disabled=latest is None
     )
@@ -114,17 +112,6 @@ with columns[3]:
         "app_pages/compare.py", label="Model file and report", icon=":material/download:",
         disabled=latest is None,
     )  # fmt: skip
-
-# The threshold in use against the latest run's scores, drawn last so that every step's text comes
-# first. Its chart library then also serves the Scores page when this tab opens it next.
-if latest_run is not None:
-    _, scorer = saved_threshold(latest_run)
-    ctx = common.score_context(latest_run, scorer)
-    if ctx.normal_rows.size or ctx.real_defect_rows.size or ctx.synthetic_rows.size:
-        used = threshold_for(latest_run, scorer, ctx.scores)
-        spec, rows = viz.threshold_glance_chart(ctx, used.value)
-        glance.vega_lite_chart(spec=spec, width="stretch")
-        glance.caption(" · ".join(f":{colour}[{name}]" for name, colour in rows) + "; dashed: the threshold.")
 
 if st.session_state.pop("home.go_train", False):
     st.switch_page("app_pages/train.py")

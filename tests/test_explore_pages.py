@@ -435,8 +435,7 @@ def test_every_vega_chart_is_a_valid_vega_lite_spec(tmp_path):
     history = {"epoch": np.array([1, 1, 2, 2]), "group": np.array(["hold-out normal", "synthetic scar"] * 2),
                "score": np.array([0.1, 0.3, 0.2, 0.6])}  # fmt: skip
     specs = {"distribution": view.distribution, "no threshold": viz.score_distribution_chart(ctx, None),
-             "roc": view.roc, "pr": view.pr, "history": viz.score_history_chart(history),
-             "glance": viz.threshold_glance_chart(ctx, 1.2)[0]}  # fmt: skip
+             "roc": view.roc, "pr": view.pr, "history": viz.score_history_chart(history)}  # fmt: skip
     assert view.roc is not None and len(view.roc["layer"]) == 3, "the curve with its operating point"
     validator = jsonschema.Draft7Validator(load_schema())
     for name, spec in specs.items():
@@ -444,21 +443,6 @@ def test_every_vega_chart_is_a_valid_vega_lite_spec(tmp_path):
         assert not errors, f"{name}: {errors[:3]}"
     broken = {**specs["roc"], "mark": "curve"}  # and the check can fail
     assert list(validator.iter_errors(json.loads(json.dumps(broken))))
-
-
-def test_the_home_pages_glance_draws_the_rows_it_has_and_reaches_the_threshold(tmp_path):
-    role = np.repeat(["train", "holdout", "test", "synthetic"], [5, 4, 3, 2])
-    label = np.repeat(["good", "good", "good", "synthetic scar"], [5, 4, 3, 2])
-    results = {"rel_path": np.array([f"{i}.png" for i in range(role.size)]), "split": role, "label": label,
-               "role": role, "score": np.arange(role.size, dtype=float)}  # fmt: skip
-    ctx = viz.score_context(Run(tmp_path, {"method": "fake", "params": {}}, [], results))
-    spec, rows = viz.threshold_glance_chart(ctx, 30.0)
-    assert rows == [("good photos", "blue"), ("synthetic defects (not real)", "violet")], "no real defects here"
-    ticks, rule = spec["layer"]
-    assert sorted(t["score"] for t in ticks["data"]["values"]) == list(range(5, 14)), "not the 5 trained on"
-    assert rule["data"]["values"] == [{"score": 30.0}]
-    low, high = ticks["encoding"]["x"]["scale"]["domain"]
-    assert low < 5 and high > 30, "every tick and the threshold inside the axis"
 
 
 def test_synthetic_recall_is_flagged_as_optimistic_when_the_method_learned_such_pastes(runs, tmp_path, monkeypatch):

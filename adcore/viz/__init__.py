@@ -30,13 +30,7 @@ from adcore.viz.drawing import (  # noqa: F401
     resize_map,
     side_by_side,
 )
-from adcore.viz.charts import (  # noqa: F401
-    pr_chart,
-    roc_chart,
-    score_distribution_chart,
-    score_history_chart,
-    threshold_glance_chart,
-)
+from adcore.viz.charts import pr_chart, roc_chart, score_distribution_chart, score_history_chart  # noqa: F401
 from adcore.viz.figures import (  # noqa: F401
     DEFECT_COLORS,
     embedding_figure,

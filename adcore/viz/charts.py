@@ -22,10 +22,7 @@ import numpy as np
 from sklearn.metrics import auc
 
 from adcore.viz.figures import (
-    DEFECT_COLORS,
     MAX_BOX_POINTS,
-    NORMAL_COLORS,
-    SYNTHETIC_COLORS,
     THRESHOLD_COLOR,
     _score_axis,
     _thin,
@@ -133,47 +130,6 @@ def score_distribution_chart(
         "width": "container",
         "title": {"text": "Anomaly scores by group", "fontSize": 14, "anchor": "start", "offset": 22},
     }
-
-
-GLANCE_ROWS = (  # the home page's rows, top to bottom: which images, their colour, Markdown's nearest colour
-    ("good photos", NORMAL_COLORS["hold-out normal"], "blue"),
-    ("real defects", DEFECT_COLORS[0], "red"),
-    ("synthetic defects (not real)", SYNTHETIC_COLORS[0], "violet"),
-)
-
-
-def threshold_glance_chart(ctx: Any, threshold: float, *, row_px: int = 16) -> tuple[Spec, list[tuple[str, str]]]:
-    """The home page's small picture of a run's threshold: a row of ticks each for the good photos it
-    was not trained on, the real defects and the synthetic ones, and the threshold as a dashed line.
-    Returns the spec and the (name, Markdown colour) of the rows drawn, top to bottom, for a caption:
-    the card is too narrow for axis labels. Rows without images are left out; at most
-    ``MAX_BOX_POINTS`` ticks a row (a random sample)."""
-    rng = np.random.default_rng(0)
-    ticks, drawn = [], []
-    for (name, colour, markdown), rows in zip(GLANCE_ROWS, (ctx.normal_rows, ctx.real_defect_rows, ctx.synthetic_rows)):
-        if not rows.size:
-            continue
-        drawn.append((name, colour, markdown))
-        shown = rows if rows.size <= MAX_BOX_POINTS else rng.choice(rows, MAX_BOX_POINTS, replace=False)
-        ticks += [{"row": name, "score": float(ctx.scores[i])} for i in shown]
-    names = [name for name, _, _ in drawn]
-    values = [t["score"] for t in ticks] + [float(threshold)]
-    low, high = min(values), max(values)
-    pad = 0.04 * (high - low) or 1.0
-    x = _field("score", "quantitative", scale={"domain": [low - pad, high + pad], "nice": False, "zero": False},
-               axis={"title": None, "tickCount": 4, "labelFontSize": 10, "grid": False})  # fmt: skip
-    y = _field("row", "nominal", sort=names, axis=None)
-    colour = _field("row", "nominal", scale={"domain": names, "range": [c for _, c, _ in drawn]}, legend=None)
-    rule = {"data": {"values": [{"score": float(threshold)}]},
-            "mark": {"type": "rule", "strokeDash": [4, 3], "strokeWidth": 1.5, "color": THRESHOLD_COLOR},
-            "encoding": {"x": x}}  # fmt: skip
-    spec = {
-        "layer": [_layer(ticks, {"type": "tick", "orient": "vertical", "size": row_px - 4, "thickness": 1.5,
-                             "opacity": 0.7}, x=x, y=y, color=colour), rule],
-        "height": {"step": row_px},
-        "width": "container",
-    }
-    return spec, [(name, markdown) for name, _, markdown in drawn]
 
 
 def _threshold_layers(threshold: float | None, domain: list[float], x) -> list[Spec]:
