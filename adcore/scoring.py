@@ -119,16 +119,14 @@ def pixel_pro(
     return float(np.trapezoid(pro, fpr) / max_fpr)
 
 
-def hit_rate(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], dilation: int = 3) -> float | None:
-    """Share of the defect images whose hottest map pixel lies inside their ground-truth mask
-    dilated by ``dilation`` pixels, at the map's resolution (a mask of another size is resized to the
-    map's by nearest neighbour first). Images whose mask is None or empty are not counted; None when
-    there is none to count. Answers "does the heat map point at the defect?", which AUROC over all
-    pixels does not."""
+def hits(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], dilation: int = 3) -> np.ndarray:
+    """(N,) per image: 1.0 where its hottest map pixel lies inside its mask dilated by ``dilation``
+    pixels at the map's resolution (a mask of another size is resized to the map's by nearest
+    neighbour first), 0.0 where not, NaN where the mask is None or empty."""
     from scipy import ndimage
 
-    hits, count = 0, 0
-    for amap, mask in zip(maps, masks):
+    out = np.full(len(maps), np.nan)
+    for i, (amap, mask) in enumerate(zip(maps, masks)):
         if mask is None or not mask.any():
             continue
         amap = np.asarray(amap, dtype=np.float32)
@@ -137,10 +135,18 @@ def hit_rate(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], dil
             mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
         if dilation > 0:
             mask = ndimage.binary_dilation(mask, iterations=dilation)
-        y, x = np.unravel_index(int(np.argmax(amap)), amap.shape)
-        hits += bool(mask[y, x])
-        count += 1
-    return hits / count if count else None
+        out[i] = float(mask.flat[int(np.argmax(amap))])
+    return out
+
+
+def hit_rate(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], dilation: int = 3) -> float | None:
+    """Share of the defect images whose hottest map pixel lies inside their ground-truth mask
+    dilated by ``dilation`` pixels, at the map's resolution (``hits``). Images whose mask is None or
+    empty are not counted; None when there is none to count. Answers "does the heat map point at the
+    defect?", which AUROC over all pixels does not."""
+    h = hits(maps, masks, dilation)
+    h = h[~np.isnan(h)]
+    return float(h.mean()) if len(h) else None
 
 
 # -- scorers for any embedding ---------------------------------------------------------------------

@@ -191,6 +191,14 @@ def test_selection_scores_by_hand():
     out = selection_scores(scores, pixel_ranks(means, pixels), kinds, np.array([0, 1]), np.array([2, 3]))
     assert out["families"]["spot"] == (1.0, pytest.approx((3 / 4 + 1) / 2))
     assert out["score"] == pytest.approx((1.0 + 7 / 8) / 2)
+    assert "hit" not in out
+    # One of the two defects has its hottest pixel on it: located 1/2; a resample with the first
+    # defect twice, 0.
+    located = np.array([np.nan, np.nan, 0.0, 1.0])
+    assert selection_scores(scores, pixel_ranks(means, pixels), kinds, np.array([0, 1]), np.array([2, 3]),
+                            located)["hit"] == 0.5
+    assert selection_scores(scores, pixel_ranks(means, pixels), kinds, np.array([0, 1]), np.array([2, 2]),
+                            located)["hit"] == 0.0
     assert BOOTSTRAP >= 100
 
 
@@ -415,6 +423,27 @@ def test_per_position_scales_are_used_where_every_clean_map_is_hotter_at_the_sam
     calibrated = apply_position_np(defect, stats[0].numpy())
     assert mask.flat[np.argmax(calibrated)]
     assert torch.equal(stats[0], stats[1]), "one member for both parts: the same statistics"
+
+
+def test_per_position_scales_are_used_for_the_maps_where_they_locate_the_defects_on_a_small_hot_place():
+    # A corner hot on every clean map: too small to move pixel separation (the mean inside a defect
+    # among all clean pixels), but it holds the hottest pixel of every defect photo's map.
+    maps, kinds, masks, source = _hot_border_validation(np.random.default_rng(2), border=0.0)
+    maps[:, :2, :2] += 8.0
+    method, _ = _position_judge(maps, kinds, masks, source)
+    pixel = method.selection_["position"]["pixel"]
+    assert pixel["located as is"] == 0.0 and pixel["located per position"] > 0.3, pixel
+    assert pixel["per position"] - pixel["as is"] < 0.01, "the hot corner hardly changes pixel separation"
+    assert "pixel" in method.position_parts_
+    assert "synthetic defects located 0% as is" in describe_selection(method.selection_)[1]
+
+
+def test_clearly_behind_counts_resamples():
+    from adcore.methods.auto import clearly_behind
+
+    # 20 of 200 resamples is "at most 10 %" (1 - 0.9 is 0.0999... in floating point).
+    assert clearly_behind(20 / BOOTSTRAP, 0.9) and not clearly_behind(21 / BOOTSTRAP, 0.9)
+    assert not clearly_behind(None, 0.9), "the best itself is not behind"
 
 
 def test_per_position_scales_are_not_used_where_the_maps_have_no_hot_places():

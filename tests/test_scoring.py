@@ -206,6 +206,10 @@ def test_hit_rate_hand_computed():
     assert hit_rate([inside, near, far, clean], [mask, mask, mask, no_defect]) == pytest.approx(2 / 3)
     assert hit_rate([near], [mask], dilation=0) == 0.0
     assert hit_rate([clean], [no_defect]) is None
+    # Per image, as auto's selection reads it: NaN where there is no defect to find.
+    from adcore.scoring import hits
+
+    assert np.array_equal(hits([inside, near, far, clean], [mask, mask, mask, None]), [1, 1, 0, np.nan], equal_nan=True)
 
 
 def test_hit_rate_resizes_the_mask_to_the_map():

@@ -77,6 +77,7 @@ from adcore.methods.patchcore import (
 )
 from adcore.photo_cache import PhotoCache, TiledImages, concat, take
 from adcore.registry import Param
+from adcore.scoring import hits
 from adcore.synthetic import FAMILIES, make_defect
 from adcore.tiling import stitch, tile_boxes
 
@@ -186,6 +187,13 @@ def validation_set(
     return concat(images, keep(made())), kinds, masks, source
 
 
+def clearly_behind(share: float | None, confidence: float) -> bool:
+    """Whether an entry that matches the best in ``share`` of the bootstrap resamples is clearly behind
+    it: in at most ``1 - confidence`` of them (counted in resamples, so that exactly 10 % of 200 with
+    confidence 0.9 is "at most 10 %", not lost to floating point). None (the best itself) is not."""
+    return share is not None and round(share * BOOTSTRAP) <= round((1 - confidence) * BOOTSTRAP)
+
+
 def _auroc(neg: np.ndarray, pos: np.ndarray) -> float:
     """P(pos > neg) + P(pos == neg) / 2, by ranks."""
     both = np.concatenate([neg, pos])
@@ -219,16 +227,19 @@ def selection_scores(
     kinds: np.ndarray,
     normal_idx: np.ndarray,
     defect_idx: np.ndarray,
+    located: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Label-free separation of one candidate on (a resample of) the validation set.
 
     ``image_scores`` (V,) per validation photo; ``pixel_rank`` (V,) where each defect's mask sits
     among the clean photos' pixels (``pixel_ranks``); ``normal_idx`` / ``defect_idx`` the photos to
     use (indices into the validation set, repeats allowed). Returns the per-family image AUROC and
-    pixel score and the selection score (their mean over families).
+    pixel score and the selection score (their mean over families). With ``located`` (V,), 1 where
+    the photo's hottest map pixel is on its defect (``scoring.hits``), also "hit": the share of the
+    defects so located, averaged over families (the label-free twin of ``bench``'s hit rate).
     """
     neg = image_scores[normal_idx]
-    per_family = {}
+    per_family, hit_by_family = {}, {}
     for family in FAMILIES:
         idx = defect_idx[kinds[defect_idx] == family]
         if not len(idx):
@@ -236,9 +247,14 @@ def selection_scores(
         image = _auroc(neg, image_scores[idx])
         pixel = float(np.mean(pixel_rank[idx]))
         per_family[family] = (image, pixel)
+        if located is not None:
+            hit_by_family[family] = float(np.mean(located[idx]))
     image_mean = float(np.mean([v[0] for v in per_family.values()]))
     pixel_mean = float(np.mean([v[1] for v in per_family.values()]))
-    return {"families": per_family, "image": image_mean, "pixel": pixel_mean, "score": (image_mean + pixel_mean) / 2}
+    out = {"families": per_family, "image": image_mean, "pixel": pixel_mean, "score": (image_mean + pixel_mean) / 2}
+    if located is not None:
+        out["hit"] = float(np.mean(list(hit_by_family.values())))
+    return out
 
 
 @register_method
@@ -641,7 +657,7 @@ class Auto(Method):
         best = max(shares, key=lambda sh: results[sh][part])
         default = MEMBER_CORESET
         # Leave the default only on clear evidence: it matches the best in too few resamples.
-        clear = best != default and results[default]["win"][part] <= 1 - self.config_["confidence"]
+        clear = best != default and clearly_behind(results[default]["win"][part], self.config_["confidence"])
         chosen = best if clear and self.config_["memory"] == "choose" else default
         member.model_.bank = full[: sizes[chosen]].contiguous()
         row = {
@@ -658,18 +674,22 @@ class Auto(Method):
 
     def _bootstrap(self, keys, results, kinds, source) -> None:
         """Paired bootstrap over the clean hold-out photos (each with the defects made from it): for
-        each entry and each part (image, pixel, their mean "score"), the share of resamples in which
-        it scores at least as high as the best entry by that part (None for the best itself)."""
+        each entry and each part (image, pixel, their mean "score", and "hit": defects located), the
+        share of resamples in which it scores at least as high as the best entry by that part (None for
+        the best itself)."""
         rng = np.random.default_rng(self.config_["seed"] + 7)
         n_src = int(source.max()) + 1
-        best = {part: max(keys, key=lambda c: results[c][part]) for part in (*PARTS, "score")}
+        best = {part: max(keys, key=lambda c: results[c][part]) for part in (*PARTS, "score", "hit")}
         wins = {part: dict.fromkeys(keys, 0) for part in best}
         by_source = [np.flatnonzero(source == s) for s in range(n_src)]
         for _ in range(BOOTSTRAP):
             pick = rng.integers(0, n_src, n_src)
             idx = np.concatenate([by_source[s] for s in pick])
             normal_idx, defect_idx = idx[kinds[idx] == "normal"], idx[kinds[idx] != "normal"]
-            values = {c: selection_scores(*results[c]["_arrays"], kinds, normal_idx, defect_idx) for c in keys}
+            values = {}
+            for c in keys:
+                image_scores, ranks, located = results[c]["_arrays"]
+                values[c] = selection_scores(image_scores, ranks, kinds, normal_idx, defect_idx, located)
             for part, top in best.items():
                 for c in keys:
                     wins[part][c] += values[c][part] >= values[top][part]
@@ -695,7 +715,7 @@ class Auto(Method):
             # choice draws maps within noise of the best, it draws them too.
             chosen = out["image"][0] if len(out["image"]) == 1 else ("combination", tuple(out["image"]))
             matches = results[chosen]["win"]["pixel"] if chosen in results else 0.0
-            if matches is not None and matches > 1 - self.config_["confidence"]:
+            if matches is not None and not clearly_behind(matches, self.config_["confidence"]):
                 out["pixel"] = out["image"]
                 out["table"]["pixel decision"] = out["table"]["image decision"]
                 out["table"]["pixel reason"] = (
@@ -725,7 +745,7 @@ class Auto(Method):
         # where it is clearly better: the single one matches it in few bootstrap resamples.
         if top is not None and results[top][part] > results[best][part]:
             matches = results[best]["win"][part]
-            if matches is not None and matches <= 1 - cfg["confidence"]:
+            if clearly_behind(matches, cfg["confidence"]):
                 return list(top[1]), "combine", (
                     f"the best {len(top[1])} combined (each on the scale of the hold-out photos) separate the "
                     f"synthetic defects better than any one alone ({results[top][part]:.3f} vs "
@@ -738,7 +758,7 @@ class Auto(Method):
         runner = max(others, key=lambda c: results[c]["win"][part] or 0.0) if others else None
         share = results[runner]["win"][part] if runner is not None else 0.0
         lead = (f"its lead over {runner.label} is within noise ({share:.0%} of {BOOTSTRAP} bootstrap resamples)"
-                if share is not None and share > 1 - cfg["confidence"] else
+                if share is not None and not clearly_behind(share, cfg["confidence"]) else
                 f"it beats every other in at least {cfg['confidence']:.0%} of {BOOTSTRAP} bootstrap resamples")
         return [best], "pick", f"{best.label} separates best ({results[best][part]:.3f}); {lead}; {combined}, so it is used alone"
 
@@ -823,7 +843,8 @@ class Auto(Method):
         Whether that helps is judged label-free and cross-fitted: the clean photos are split in two,
         each half's photos and the synthetic defects made from them are scored with the statistics of
         the other half, and the bootstrap says whether "per position" beats "as is" clearly (for the
-        scores by image separation, for the maps by pixel separation). Returns the (2, 2, G, G)
+        scores by image separation; for the maps by pixel separation or by the share of defects whose
+        hottest pixel is on them, where it is clearly worse by neither). Returns the (2, 2, G, G)
         statistics (image part, map part) the model keeps; ``position_parts_`` says which are used."""
         _, kinds, masks, source = validation
         table: dict[str, Any] = {"used for": []}
@@ -834,6 +855,7 @@ class Auto(Method):
             return identity_position()
         grid_masks = [None if m is None else _shrink_mask(m, (POSITION_GRID, POSITION_GRID)) for m in masks]
         normal = kinds == "normal"
+        conf = self.config_["confidence"]
         folds = self.rng_.permutation(int(source.max()) + 1) % 2
         stats = identity_position()
         for p, (part, which) in enumerate(parts.items()):
@@ -845,14 +867,24 @@ class Auto(Method):
             for f in (0, 1):
                 own = folds[source] == f
                 crossed[own] = apply_position_np(maps[own], position_stats(maps[normal & ~own]))
-            results = {"as is": _stats(list(maps), kinds, grid_masks),
-                       "per position": _stats(list(crossed), kinds, grid_masks)}
+            results = {"as is": _stats(list(maps), kinds, grid_masks, dilation=1),
+                       "per position": _stats(list(crossed), kinds, grid_masks, dilation=1)}
             self._bootstrap(list(results), results, kinds, source)
+            as_is, per_position = results["as is"]["win"], results["per position"]["win"]
             # "as is" stays unless it matches "per position" in few resamples (the memory rule).
-            win = results["as is"]["win"][part]
-            used = win is not None and win <= 1 - self.config_["confidence"]
+            used = clearly_behind(as_is[part], conf)
             table[part] = {"as is": round(results["as is"][part], 4),
-                           "per position": round(results["per position"][part], 4), "as is matches it in": win}
+                           "per position": round(results["per position"][part], 4), "as is matches it in": as_is[part]}
+            if part == "pixel":
+                # A place hot on every clean map draws the maximum of a defect photo's map too, while
+                # the mean inside the defect, which pixel separation reads, hardly moves: for the maps,
+                # locating the defects (hottest pixel on them) counts as much, if neither gets clearly worse.
+                used = ((used or clearly_behind(as_is["hit"], conf))
+                        and not clearly_behind(per_position["pixel"], conf)
+                        and not clearly_behind(per_position["hit"], conf))
+                table[part].update({"located as is": round(results["as is"]["hit"], 4),
+                                    "located per position": round(results["per position"]["hit"], 4),
+                                    "as is locates as well in": as_is["hit"]})
             if used:
                 table["used for"].append(part)
                 stats[p] = torch.from_numpy(position_stats(maps[normal]))
@@ -1034,6 +1066,9 @@ def describe_selection(selection: dict[str, Any]) -> tuple[list[dict[str, Any]],
     position = selection.get("position")
     if position:
         judged = [f"{part} separation {position[part]['as is']:.3f} as is, {position[part]['per position']:.3f} per position"
+                  + (f", synthetic defects located {position[part]['located as is']:.0%} as is, "
+                     f"{position[part]['located per position']:.0%} per position"
+                     if "located as is" in position[part] else "")
                   for part in PARTS if part in position]
         used = {"image": "the photo scores", "pixel": "the heat maps"}
         what = " and ".join(used[p] for p in position["used for"])
@@ -1078,16 +1113,20 @@ def _untouched_tiles(images: Sequence[np.ndarray], boxes: list[list], source: Se
     return seen, same_as
 
 
-def _stats(image_maps: Sequence[np.ndarray], kinds: np.ndarray, masks: list[np.ndarray | None]) -> dict[str, Any]:
+def _stats(image_maps: Sequence[np.ndarray], kinds: np.ndarray, masks: list[np.ndarray | None],
+           dilation: int = 3) -> dict[str, Any]:
     """Selection statistics of one candidate's validation maps, with the arrays the bootstrap reuses
-    (one number per validation photo: the bootstrap resamples photos, not the clean pixels)."""
+    (one number per validation photo: the bootstrap resamples photos, not the clean pixels). A defect
+    counts as located where the map's hottest pixel is within ``dilation`` pixels of its mask."""
     image_scores = np.array([m.max() for m in image_maps])
     normal_pixels = np.sort(np.concatenate([m.ravel() for m, k in zip(image_maps, kinds) if k == "normal"]))
     mask_means = np.array([m[mask].mean() if mask is not None and mask.any() else np.nan
                            for m, mask in zip(image_maps, masks)])
     ranks = pixel_ranks(mask_means, normal_pixels)
-    stats = selection_scores(image_scores, ranks, kinds, np.flatnonzero(kinds == "normal"), np.flatnonzero(kinds != "normal"))
-    stats["_arrays"] = (image_scores, ranks)
+    located = hits(image_maps, masks, dilation)
+    stats = selection_scores(image_scores, ranks, kinds, np.flatnonzero(kinds == "normal"),
+                             np.flatnonzero(kinds != "normal"), located)
+    stats["_arrays"] = (image_scores, ranks, located)
     return stats
 
 
