@@ -335,6 +335,9 @@ def test_memory_choose_leaves_10_percent_only_on_clear_evidence(normal_images):
     assert len(method.selection_["memory"]) == len(method.members_)
     for memory, member in zip(method.selection_["memory"], method.members_):
         _assert_fitted_on_every_photo(member, memory["chosen share"])
+        # Named as in the candidates' table, exposure normalisation included, so two members never read alike.
+        assert memory["member"] in [c.label for c in candidate_grid()]
+        assert f"normalise {member.config_['normalize']}" in memory["member"]
         default = next(o for o in memory["options"] if o["share"] == 0.1)
         if memory["chosen share"] != 0.1:
             assert memory["chosen share"] == memory["best on the kept-aside photos"]

@@ -661,7 +661,7 @@ class Auto(Method):
         chosen = best if clear and self.config_["memory"] == "choose" else default
         member.model_.bank = full[: sizes[chosen]].contiguous()
         row = {
-            "member": member.config_["layers"] + f", neighbourhood {member.config_['neighbourhood']}",
+            "member": cand.label,
             "judged by": part,
             "chosen share": chosen,
             "best on the kept-aside photos": best,
