@@ -674,12 +674,13 @@ class Auto(Method):
 
     def _bootstrap(self, keys, results, kinds, source) -> None:
         """Paired bootstrap over the clean hold-out photos (each with the defects made from it): for
-        each entry and each part (image, pixel, their mean "score", and "hit": defects located), the
-        share of resamples in which it scores at least as high as the best entry by that part (None for
-        the best itself)."""
+        each entry and each part (image, pixel, their mean "score", and "hit", defects located, where
+        every entry has it), the share of resamples in which it scores at least as high as the best
+        entry by that part (None for the best itself)."""
         rng = np.random.default_rng(self.config_["seed"] + 7)
         n_src = int(source.max()) + 1
-        best = {part: max(keys, key=lambda c: results[c][part]) for part in (*PARTS, "score", "hit")}
+        parts = (*PARTS, "score") + (("hit",) if all("hit" in results[c] for c in keys) else ())
+        best = {part: max(keys, key=lambda c: results[c][part]) for part in parts}
         wins = {part: dict.fromkeys(keys, 0) for part in best}
         by_source = [np.flatnonzero(source == s) for s in range(n_src)]
         for _ in range(BOOTSTRAP):
@@ -1114,16 +1115,17 @@ def _untouched_tiles(images: Sequence[np.ndarray], boxes: list[list], source: Se
 
 
 def _stats(image_maps: Sequence[np.ndarray], kinds: np.ndarray, masks: list[np.ndarray | None],
-           dilation: int = 3) -> dict[str, Any]:
+           dilation: int | None = None) -> dict[str, Any]:
     """Selection statistics of one candidate's validation maps, with the arrays the bootstrap reuses
-    (one number per validation photo: the bootstrap resamples photos, not the clean pixels). A defect
-    counts as located where the map's hottest pixel is within ``dilation`` pixels of its mask."""
+    (one number per validation photo: the bootstrap resamples photos, not the clean pixels). With
+    ``dilation``, also "hit": a defect counts as located where the map's hottest pixel is within
+    ``dilation`` pixels of its mask (only the per-position judgement reads it, so only it pays for it)."""
     image_scores = np.array([m.max() for m in image_maps])
     normal_pixels = np.sort(np.concatenate([m.ravel() for m, k in zip(image_maps, kinds) if k == "normal"]))
     mask_means = np.array([m[mask].mean() if mask is not None and mask.any() else np.nan
                            for m, mask in zip(image_maps, masks)])
     ranks = pixel_ranks(mask_means, normal_pixels)
-    located = hits(image_maps, masks, dilation)
+    located = None if dilation is None else hits(image_maps, masks, dilation)
     stats = selection_scores(image_scores, ranks, kinds, np.flatnonzero(kinds == "normal"),
                              np.flatnonzero(kinds != "normal"), located)
     stats["_arrays"] = (image_scores, ranks, located)
