@@ -13,8 +13,8 @@ install() {  # install REQUIREMENTS_FILE into the venv unless already done for t
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "Installing $req into $VENV (first run takes a few minutes)..."
     # pip's notes about local index folders are noise here; real errors still fail the script.
-    # No wheel cache: torch and its CUDA libraries are ~7 GB installed, and a second copy of their
-    # wheels in ~/.cache filled a CI machine's disk ("No space left on device").
+    # No wheel cache: torch and its CUDA libraries are ~7 GB installed, and a CI machine once ran out of
+    # disk during this install; a second copy of the wheels in ~/.cache only adds to that.
     if ! "$VENV/bin/python" -m pip install --disable-pip-version-check --no-cache-dir -q -r "$req" \
         2> >(grep -v "is ignored" >&2); then
       echo "error: installing $req failed; free disk where the venv and pip's temporary files go:" >&2
