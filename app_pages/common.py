@@ -724,3 +724,43 @@ def _row_image(path: str, version: int, row: int) -> np.ndarray:
     run = _load_run_scores(path, version)
     synthetic = _synthetic(path, version) if run.results["role"][row] == "synthetic" else None
     return viz.run_row_image(run, row, synthetic)
+
+
+# --- the other pages' browser code, loaded while the home page is idle -------------------------
+
+# Streamlit's browser app loads each kind of element's code the first time a page shows one; on a
+# 2-core machine reading it (selectbox, slider, metric, table, Vega-Lite…) added about 0.7 s to the
+# first open of Scores & threshold. These are the elements the pages use, by the name of the file
+# Streamlit builds for each (its hash changes with the version; a name that is not found is skipped).
+# Plotly (4.7 MB, Embeddings only) is left to load when needed: that page's budget is 3 s.
+PREFETCHED_ELEMENTS = (
+    "Selectbox", "Radio", "Slider", "NumberInput", "Checkbox", "Metric", "Table", "ImageList", "ButtonGroup",
+    "Multiselect", "TextInput", "ArrowVegaLiteChart", "embed", "vega-interpreter", "DataFrame",
+)  # fmt: skip
+
+
+def prefetch_page_code() -> None:
+    """Let the browser load the other pages' element code once this page has been drawn and is idle,
+    so that the first visit to another page does not wait for it. Nothing is shown."""
+    files = _element_files()
+    if not files:
+        return
+    st.html(
+        "<script>(() => { const files = " + json.dumps(files) + ";"
+        " const script = document.querySelector('script[src*=\"/static/js/index.\"]'); if (!script) return;"
+        " const base = script.src.replace(/[^/]*$/, '');"
+        " const load = () => files.forEach(f => import(base + f).catch(() => {}));"
+        " (window.requestIdleCallback || (f => setTimeout(f, 500)))(load, {timeout: 3000}); })();</script>",
+        unsafe_allow_javascript=True,
+    )
+
+
+@st.cache_data(show_spinner=False)
+def _element_files() -> list[str]:
+    folder = Path(st.__file__).parent / "static" / "static" / "js"
+    found = []
+    for name in PREFETCHED_ELEMENTS:
+        matches = sorted(folder.glob(f"{name}.*.js"))
+        if len(matches) == 1 and "." not in matches[0].name[len(name) + 1 : -3]:
+            found.append(matches[0].name)
+    return found

@@ -113,5 +113,7 @@ with columns[3]:
         disabled=latest is None,
     )  # fmt: skip
 
+common.prefetch_page_code()  # last: once the page is drawn
+
 if st.session_state.pop("home.go_train", False):
     st.switch_page("app_pages/train.py")

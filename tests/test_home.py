@@ -99,3 +99,13 @@ def test_while_the_recommended_run_trains_home_offers_to_watch_it_not_to_queue_a
         manager.wait(job, timeout=TIMEOUT_S)
     at.run()
     assert at.button(key="home.train").label == "Train the recommended method on this set"
+
+
+def test_the_home_page_has_the_browser_load_every_other_pages_element_code():
+    # Every named element is found in the installed Streamlit (a version that renames its files fails
+    # here, not silently in the browser), and the home page hands their files to the browser.
+    files = common._element_files()
+    assert [f.split(".")[0] for f in files] == list(common.PREFETCHED_ELEMENTS)
+    at = home()
+    scripts = [h.proto.body for h in at.get("html")]
+    assert any(all(f in body for f in files) and "import(" in body for body in scripts), scripts
