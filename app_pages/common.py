@@ -3,6 +3,7 @@ and widgets built from registry parameter specs. Computation lives in adcore (vi
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -746,7 +747,7 @@ def prefetch_page_code() -> None:
     if not files:
         return
     st.html(
-        "<script>(() => { const files = " + json.dumps(files) + ";"
+        "<script>(() => { const files = " + json.dumps(list(files)) + ";"
         " const script = document.querySelector('script[src*=\"/static/js/index.\"]'); if (!script) return;"
         " const base = script.src.replace(/[^/]*$/, '');"
         " const load = () => files.forEach(f => import(base + f).catch(() => {}));"
@@ -755,12 +756,12 @@ def prefetch_page_code() -> None:
     )
 
 
-@st.cache_data(show_spinner=False)
-def _element_files() -> list[str]:
+@functools.cache  # the installed package's files: the same for the server's lifetime
+def _element_files() -> tuple[str, ...]:
     folder = Path(st.__file__).parent / "static" / "static" / "js"
     found = []
     for name in PREFETCHED_ELEMENTS:
         matches = sorted(folder.glob(f"{name}.*.js"))
         if len(matches) == 1 and "." not in matches[0].name[len(name) + 1 : -3]:
             found.append(matches[0].name)
-    return found
+    return tuple(found)
